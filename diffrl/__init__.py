@@ -1,0 +1,3 @@
+"""diffrl: a modular reinforcement-learning toolkit for diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,120 @@
+"""The reward interface: a module mapping a batch of denoising states and actions to a reward per sample."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+REQUIREMENTS = frozenset({"x0_hat", "x0", "images", "prompts"})
+
+
+def look_forward(latents: Tensor, action: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """x0_hat = (x_t - sqrt(1 - abar_t) * eps_hat) / sqrt(abar_t).
+
+    Args:
+        latents: x_t, ``[B, C, h, w]``.
+        action: predicted noise eps_hat, ``[B, C, h, w]``.
+        alphas_cumprod: abar_t per sample, ``[B]``.
+    """
+    abar = alphas_cumprod.to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
+    return (latents - (1 - abar).sqrt() * action) / abar.sqrt()
+
+
+@dataclass
+class RewardInputs:
+    """What a reward may read, for a batch of B states s_t = (x_t, t, tau(y)) and actions eps_hat.
+
+    ``x0_hat`` and ``images`` are computed on first access and cached, so several rewards share one VAE decode.
+    Pass ``x0_hat`` explicitly to score a final sample instead of a look-forward prediction.
+    """
+
+    latents: Tensor  # x_t [B, C, h, w]
+    timesteps: Tensor  # t [B], int64
+    action: Tensor  # eps_hat [B, C, h, w]
+    alphas_cumprod: Tensor  # abar_t [B]
+    x0: Tensor | None = None  # reference clean latents [B, C, h, w]
+    prompts: Sequence[str] | None = None  # B prompts
+    decode: Callable[[Tensor], Tensor] | None = None  # latents -> images [B, 3, H, W] in [0, 1]
+    x0_hat: Tensor | None = None
+    _images: Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.x0_hat is None:
+            self.x0_hat = look_forward(self.latents, self.action, self.alphas_cumprod)
+
+    @property
+    def batch_size(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def images(self) -> Tensor:
+        """decode(x0_hat): ``[B, 3, H, W]`` in ``[0, 1]``."""
+        if self._images is None:
+            if self.decode is None:
+                raise ValueError("This reward needs decoded images, but RewardInputs has no `decode` function.")
+            self._images = self.decode(self.x0_hat)
+        return self._images
+
+    def detached(self) -> RewardInputs:
+        """The same inputs without autograd history (for non-differentiable rewards)."""
+        return RewardInputs(
+            latents=self.latents.detach(),
+            timesteps=self.timesteps,
+            action=self.action.detach(),
+            alphas_cumprod=self.alphas_cumprod,
+            x0=None if self.x0 is None else self.x0.detach(),
+            prompts=self.prompts,
+            decode=self.decode,
+            x0_hat=self.x0_hat.detach(),
+            _images=None if self._images is None else self._images.detach(),
+        )
+
+
+class Reward(nn.Module):
+    """Base class: ``forward(inputs) -> Tensor[B]`` (higher is better).
+
+    Subclasses set ``differentiable`` (``False``: the reward is evaluated without gradients and a critic must supply
+    them) and ``requires`` (a subset of ``{"x0_hat", "x0", "images", "prompts"}``).
+    Call the module, not ``forward``: ``__call__`` checks requirements and the output.
+    """
+
+    differentiable: ClassVar[bool] = True
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__()
+        self.name = name or type(self).__name__
+
+    def forward(self, inputs: RewardInputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, inputs: RewardInputs) -> Tensor:
+        missing = [need for need in ("x0", "prompts") if need in self.requires and getattr(inputs, need) is None]
+        if "images" in self.requires and inputs.decode is None and inputs._images is None:
+            missing.append("images (a decode function)")
+        if missing:
+            raise ValueError(f"Reward '{self.name}' requires {', '.join(missing)}, which the caller did not provide.")
+        if self.differentiable:
+            reward = super().__call__(inputs)
+        else:
+            with torch.no_grad():
+                reward = super().__call__(inputs.detached())
+        return check_reward(reward, inputs.batch_size, self.name)
+
+
+def check_reward(reward: Tensor, batch_size: int, name: str) -> Tensor:
+    """Validate a reward tensor: shape ``[B]``, floating dtype, finite. Raises ``ValueError`` naming the reward."""
+    if not isinstance(reward, Tensor):
+        raise ValueError(f"Reward '{name}' returned {type(reward).__name__}, expected a torch.Tensor of shape [{batch_size}].")
+    if reward.shape != (batch_size,):
+        raise ValueError(f"Reward '{name}' returned shape {tuple(reward.shape)}, expected ({batch_size},).")
+    if not reward.is_floating_point():
+        raise ValueError(f"Reward '{name}' returned dtype {reward.dtype}, expected a floating dtype.")
+    if not torch.isfinite(reward).all():
+        bad = (~torch.isfinite(reward)).nonzero().flatten().tolist()
+        raise ValueError(f"Reward '{name}' returned non-finite values (NaN or inf) at batch indices {bad}.")
+    return reward

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random models written to disk in the real formats, loaded through the real code paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffrl.models.tiny import build_tiny_clip, build_tiny_dino, build_tiny_sd
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+DREAMBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "dreambench"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Stable-Diffusion-format pipeline folder (16x16 images, 4x8x8 latents)."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_dino(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny random timm ViT saved as safetensors, and its `timm.create_model` architecture kwargs."""
+    return build_tiny_dino(tmp_path_factory.mktemp("tiny_dino") / "dino.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random `transformers` CLIPModel folder with its processor."""
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "clip")
+
+
+@pytest.fixture(scope="session")
+def dreambench_root() -> Path:
+    """The DreamBench dataset shipped in ../shared/dreambench."""
+    if not DREAMBENCH.is_dir():
+        pytest.fail(f"DreamBench data not found at {DREAMBENCH}; it is expected beside the checkout in shared/.")
+    return DREAMBENCH
