@@ -1,0 +1,93 @@
+"""The emoji world: classes, glyphs (pretraining and held-out), contexts, colours and captions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Glyph:
+    """One emoji glyph of a class; ``subject`` is set for held-out personalization subjects."""
+
+    name: str
+    char: str
+    noun: str
+    subject: bool = False
+
+
+GLYPHS: tuple[Glyph, ...] = (
+    Glyph("dog", "\U0001f415", "dog"),
+    Glyph("dog_face", "\U0001f436", "dog"),
+    Glyph("guide_dog", "\U0001f9ae", "dog"),
+    Glyph("service_dog", "\U0001f415\u200d\U0001f9ba", "dog"),
+    Glyph("poodle", "\U0001f429", "dog", subject=True),
+    Glyph("cat", "\U0001f408", "cat"),
+    Glyph("cat_face", "\U0001f431", "cat"),
+    Glyph("black_cat", "\U0001f408\u200d\u2b1b", "cat", subject=True),
+    Glyph("teapot", "\U0001fad6", "teapot"),
+    Glyph("backpack", "\U0001f392", "backpack"),
+    Glyph("teddy_bear", "\U0001f9f8", "teddy bear"),
+    Glyph("duck", "\U0001f986", "duck"),
+    Glyph("chick", "\U0001f425", "duck"),
+    Glyph("baby_chick", "\U0001f424", "duck"),
+    Glyph("robot", "\U0001f916", "robot"),
+    Glyph("car", "\U0001f697", "car"),
+    Glyph("suv", "\U0001f699", "car"),
+    Glyph("taxi", "\U0001f695", "car"),
+    Glyph("police_car", "\U0001f693", "car"),
+    Glyph("racing_car", "\U0001f3ce\ufe0f", "car", subject=True),
+    Glyph("candle", "\U0001f56f\ufe0f", "candle"),
+    Glyph("mantelpiece_clock", "\U0001f570\ufe0f", "clock"),
+    Glyph("clock_face", "\U0001f550", "clock"),
+    Glyph("alarm_clock", "\u23f0", "clock", subject=True),
+    Glyph("hiking_boot", "\U0001f97e", "boot"),
+    Glyph("fancy_boot", "\U0001f462", "boot", subject=True),
+    Glyph("sneaker", "\U0001f45f", "sneaker"),
+    Glyph("sunglasses", "\U0001f576\ufe0f", "sunglasses"),
+    Glyph("glasses", "\U0001f453", "sunglasses"),
+    Glyph("vase", "\U0001f3fa", "vase"),
+    Glyph("bowl", "\U0001f963", "bowl"),
+    Glyph("can", "\U0001f96b", "can"),
+    Glyph("poop_emoji", "\U0001f4a9", "poop emoji"),
+)
+
+CLASSES: tuple[str, ...] = tuple(dict.fromkeys(g.noun for g in GLYPHS))
+PRETRAIN_GLYPHS: tuple[Glyph, ...] = tuple(g for g in GLYPHS if not g.subject)
+SUBJECTS: tuple[Glyph, ...] = tuple(g for g in GLYPHS if g.subject)
+GLYPH_BY_NAME: dict[str, Glyph] = {g.name: g for g in GLYPHS}
+
+# context name -> caption phrase ("" = plain studio backdrop, no phrase)
+CONTEXTS: dict[str, str] = {
+    "plain": "",
+    "jungle": "in the jungle",
+    "snow": "in the snow",
+    "beach": "on the beach",
+    "cobblestone": "on a cobblestone street",
+    "pink_fabric": "on top of pink fabric",
+    "wooden_floor": "on top of a wooden floor",
+    "city": "with a city in the background",
+    "water": "floating on top of water",
+}
+
+# colour word -> target hue in degrees (property changes: the glyph is hue-shifted)
+COLOURS: dict[str, float] = {"red": 0.0, "purple": 280.0, "blue": 220.0, "green": 120.0}
+
+IDENTIFIER = "sks"
+
+
+def caption(noun: str, context: str = "plain", colour: str | None = None, identifier: str | None = None) -> str:
+    """Build a DreamBench-style caption, e.g. ``caption("dog", "snow", "red") == "a red dog in the snow"``."""
+    words = ["a"] + ([colour] if colour else []) + ([identifier] if identifier else []) + [noun]
+    phrase = CONTEXTS[context]
+    return " ".join(words + ([phrase] if phrase else []))
+
+
+def caption_corpus() -> list[str]:
+    """Every caption the world can produce (plus subject-style prompts), for tokenizer training."""
+    out = []
+    for noun in CLASSES:
+        for ctx in CONTEXTS:
+            for col in (None, *COLOURS):
+                out.append(caption(noun, ctx, col))
+                out.append(caption(noun, ctx, col, IDENTIFIER))
+    return out
