@@ -1,0 +1,130 @@
+"""``diffrl evaluate``: the DreamBench protocol from the command line (see `diffrl.evaluation.protocol`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  # the full DreamBench protocol (30 subjects x 25 prompts x 4 images) on a DreamBooth-tuned model
+  diffrl evaluate --pretrained runs/dog/final --dreambench ../shared/dreambench \\
+      --dino-weights weights/dino_vits16.safetensors --clip weights/clip-vit-base-patch32 --out eval/dog
+
+  # a quick look: one subject, its first 5 prompts, 2 images each
+  diffrl evaluate --pretrained runs/dog/final --dreambench ../shared/dreambench --subject dog \\
+      --prompts-per-subject 5 --images-per-prompt 2 --out eval/dog-quick
+
+  # a small custom DINO (timm kwargs as JSON) plus a held-out DINO trained with another seed
+  diffrl evaluate --pretrained SD_FOLDER --subjects SUBJECTS_DIR --dino-weights dino.safetensors \\
+      --dino-arch-json '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}' \\
+      --heldout-dino-weights dino_seed1.safetensors --clip CLIP_FOLDER --out eval/run1
+
+outputs in --out: report.json (all scores), report.md (table), grids/SUBJECT.png (references on top, one row of
+generated images per prompt), images/SUBJECT/PP_K.png. Scores are raw cosine similarities in [-1, 1]. An existing
+report is never replaced unless --overwrite is given. Offline, pass local files/folders for every model.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the ``diffrl`` parser's subparsers."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model with the DreamBench protocol (DINO, CLIP-I, CLIP-T)",
+        description="Generate images for every DreamBench subject and prompt with fixed seeds and score them:\n"
+        "DINO and CLIP-I (similarity to the subject's real images), CLIP-T (similarity to the prompt without the\n"
+        "identifier), and optionally held-out DINO encoders that no reward saw.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--pretrained", required=True, metavar="MODEL", help="diffusers Stable Diffusion folder or hub id to evaluate")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dreambench", type=Path, metavar="DIR", help="the DreamBench dataset folder (with prompts_and_classes.txt)")
+    source.add_argument("--subjects", type=Path, metavar="DIR", help="any subjects folder in the DreamBench layout")
+    parser.add_argument("--subject", nargs="+", metavar="NAME", help="evaluate only these subjects (default: all)")
+    parser.add_argument("--prompts-per-subject", type=int, metavar="N", help="only the first N prompts of each subject (default: all 25)")
+    parser.add_argument("--identifier", default="sks", help="the subject's identifier token in the prompts (default: %(default)s)")
+
+    models = parser.add_argument_group("metric encoders")
+    models.add_argument("--dino", default="vit_small_patch16_224.dino", metavar="TIMM_NAME", help="timm architecture of DINO (default: %(default)s)")
+    models.add_argument("--dino-weights", type=Path, metavar="FILE", help="DINO weights (.safetensors/.pth); default: the Hugging Face cache")
+    models.add_argument("--dino-arch-json", metavar="JSON", help="timm.create_model kwargs for DINO, as JSON text or a .json file")
+    models.add_argument("--heldout-dino-weights", type=Path, nargs="+", default=[], metavar="FILE", help="extra DINO weights reported as 'DINO (held-out)'")
+    models.add_argument("--heldout-dino-arch-json", metavar="JSON", help="architecture kwargs of the held-out DINOs (default: --dino-arch-json)")
+    models.add_argument("--clip", default="openai/clip-vit-base-patch32", metavar="MODEL", help="CLIP folder or hub id (default: %(default)s)")
+
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--images-per-prompt", type=int, default=4, metavar="N", help="default: %(default)s")
+    sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    sampling.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
+    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: %(default)s)")
+    sampling.add_argument("--seed", type=int, default=0, help="base seed; prompt p uses seed + p * images-per-prompt (default: %(default)s)")
+
+    output = parser.add_argument_group("output and hardware")
+    output.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    output.add_argument("--no-save-images", action="store_true", help="write only the report and the grids")
+    output.add_argument("--grid-cell", type=int, default=128, metavar="PIXELS", help="image size in the grids (default: %(default)s)")
+    output.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    output.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="precision of the diffusion model (default: %(default)s)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def parse_arch_json(value: str | None) -> dict:
+    """``timm.create_model`` kwargs from JSON text or a path to a JSON file; ``None`` -> ``{}``."""
+    if value is None:
+        return {}
+    text = Path(value).read_text() if value.endswith(".json") and Path(value).is_file() else value
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--dino-arch-json: {value!r} is neither a JSON object nor a .json file ({err}).") from err
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--dino-arch-json must be a JSON object of timm.create_model kwargs, got {value!r}.")
+    return kwargs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the subjects, the model and the encoders, run `evaluate`, print the Markdown table."""
+    import torch
+
+    from diffrl.data.images import ImageLoadError
+    from diffrl.evaluation.dreambench import DreamBenchError, load_dreambench
+    from diffrl.evaluation.protocol import EvaluationConfig, EvaluationEncoders, check_out_dir, evaluate
+    from diffrl.models.encoders import CLIPEncoder, DINOEncoder
+    from diffrl.models.loading import ModelLoadError, load_sd_components
+
+    try:  # cheap checks first: nothing is loaded if the data or the output folder is wrong
+        config = EvaluationConfig(
+            images_per_prompt=args.images_per_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            eta=args.eta,
+            base_seed=args.seed,
+            identifier=args.identifier,
+            prompts_per_subject=args.prompts_per_subject,
+            grid_cell=args.grid_cell,
+            save_images=not args.no_save_images,
+        )
+        names = [name for value in args.subject or [] for name in value.split(",") if name] or None  # "a b" or "a,b"
+        subjects = load_dreambench(args.dreambench or args.subjects, args.identifier, names)
+        check_out_dir(args.out, args.overwrite)
+        dino_kwargs = parse_arch_json(args.dino_arch_json)
+        heldout_kwargs = parse_arch_json(args.heldout_dino_arch_json) if args.heldout_dino_arch_json else dino_kwargs
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        components = load_sd_components(args.pretrained, device=device, dtype=getattr(torch, args.dtype))
+        encoders = EvaluationEncoders(
+            dino=DINOEncoder.from_pretrained(args.dino, weights=args.dino_weights, **dino_kwargs).to(device),
+            clip=CLIPEncoder.from_pretrained(args.clip).to(device),
+            heldout_dino=[DINOEncoder.from_pretrained(args.dino, weights=w, **heldout_kwargs).to(device) for w in args.heldout_dino_weights],
+        )
+        report = evaluate(components, subjects, encoders, config, args.out, overwrite=args.overwrite)
+    except (DreamBenchError, ImageLoadError, ModelLoadError, FileExistsError, ValueError) as err:
+        print(f"diffrl evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(report.to_markdown())
+    print(f"Report written to {args.out}/report.json, report.md and grids/.")
+    return 0
