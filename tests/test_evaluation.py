@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,6 +241,8 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "evaluate" in capsys.readouterr().out
+    result = subprocess.run([sys.executable, "-m", "diffrl.cli", "evaluate", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--heldout-dino-weights" in result.stdout
 
 
 def test_cli_evaluate(tiny_sd_path: Path, tiny_dino: tuple[Path, dict], tiny_clip_path: Path, dreambench_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,13 +9,18 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  # the full DreamBench protocol (30 subjects x 25 prompts x 4 images) on a DreamBooth-tuned model
-  diffrl evaluate --pretrained runs/dog/final --dreambench ../shared/dreambench \\
+  # a model personalised on DreamBench's "dog": its 25 prompts x 4 images, 50 DDIM steps
+  diffrl evaluate --pretrained runs/dog/final --dreambench ../shared/dreambench --subject dog \
       --dino-weights weights/dino_vits16.safetensors --clip weights/clip-vit-base-patch32 --out eval/dog
 
-  # a quick look: one subject, its first 5 prompts, 2 images each
-  diffrl evaluate --pretrained runs/dog/final --dreambench ../shared/dreambench --subject dog \\
-      --prompts-per-subject 5 --images-per-prompt 2 --out eval/dog-quick
+  # the same, quick: the first 5 prompts, 2 images each, 25 steps
+  diffrl evaluate --pretrained runs/dog/final --dreambench ../shared/dreambench --subject dog \
+      --prompts-per-subject 5 --images-per-prompt 2 --steps 25 --dino-weights weights/dino_vits16.safetensors \
+      --clip weights/clip-vit-base-patch32 --out eval/dog-quick
+
+  # the non-personalised baseline on all 30 subjects
+  diffrl evaluate --pretrained SD_FOLDER --dreambench ../shared/dreambench \
+      --dino-weights weights/dino_vits16.safetensors --clip weights/clip-vit-base-patch32 --out eval/base
 
   # a small custom DINO (timm kwargs as JSON) plus a held-out DINO trained with another seed
   diffrl evaluate --pretrained SD_FOLDER --subjects SUBJECTS_DIR --dino-weights dino.safetensors \\
@@ -24,7 +29,8 @@ examples:
 
 outputs in --out: report.json (all scores), report.md (table), grids/SUBJECT.png (references on top, one row of
 generated images per prompt), images/SUBJECT/PP_K.png. Scores are raw cosine similarities in [-1, 1]. An existing
-report is never replaced unless --overwrite is given. Offline, pass local files/folders for every model.
+report is never replaced unless --overwrite is given. A personalised model is scored on its own subject: run once per
+subject and model, then compare the report.json files. Offline, pass local files/folders for every model.
 """
 
 
