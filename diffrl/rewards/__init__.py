@@ -1,5 +1,26 @@
-"""Rewards: one interface for differentiable and black-box scores."""
+"""Rewards: one interface for differentiable and black-box scores, composable as ``0.5 * dino + lookforward``."""
 
-from diffrl.rewards.base import Reward, RewardInputs, check_reward, look_forward
+from diffrl.rewards.base import Reward, RewardInputs, WeightedSum, check_reward, look_forward
+from diffrl.rewards.callable import CallableReward, images_to_pil, images_to_uint8
+from diffrl.rewards.lookforward import LookForwardReward
+from diffrl.rewards.scores import ColorTargetReward, JPEGCompressibilityReward
+from diffrl.rewards.similarity import CLIPImageReward, CLIPTextReward, DINOReward, make_decoder, strip_identifier
 
-__all__ = ["Reward", "RewardInputs", "check_reward", "look_forward"]
+__all__ = [
+    "CLIPImageReward",
+    "CLIPTextReward",
+    "CallableReward",
+    "ColorTargetReward",
+    "DINOReward",
+    "JPEGCompressibilityReward",
+    "LookForwardReward",
+    "Reward",
+    "RewardInputs",
+    "WeightedSum",
+    "check_reward",
+    "images_to_pil",
+    "images_to_uint8",
+    "look_forward",
+    "make_decoder",
+    "strip_identifier",
+]

@@ -1,0 +1,62 @@
+"""Weight-free, non-differentiable image scores."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from diffrl.rewards.base import Reward, RewardInputs
+from diffrl.rewards.callable import images_to_pil
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+class JPEGCompressibilityReward(Reward):
+    """``-(JPEG size in kB)`` of each decoded image at ``quality`` (DDPO's compressibility; 1 kB = 1000 bytes)."""
+
+    differentiable = False
+    requires = frozenset({"images"})
+
+    def __init__(self, quality: int = 95, name: str | None = None) -> None:
+        super().__init__(name)
+        self.quality = quality
+
+    def forward(self, inputs: RewardInputs) -> Tensor:
+        sizes = []
+        for image in images_to_pil(inputs.images):
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=self.quality)
+            sizes.append(buffer.tell() / 1000)
+        return -torch.tensor(sizes, dtype=torch.float32, device=inputs.images.device)
+
+
+class ColorTargetReward(Reward):
+    """Minus the distance of each image's mean colour to a target, colours in ``[0, 1]``.
+
+    Give ``target_rgb=(r, g, b)`` for the Euclidean distance of the mean RGB colour, or ``brightness=b`` for
+    ``|mean luma - b|`` (BT.601 luma).
+    """
+
+    differentiable = False
+    requires = frozenset({"images"})
+
+    def __init__(
+        self, target_rgb: Sequence[float] | None = None, brightness: float | None = None, name: str | None = None
+    ) -> None:
+        super().__init__(name)
+        if (target_rgb is None) == (brightness is None):
+            raise ValueError("ColorTargetReward needs exactly one of target_rgb=(r, g, b) or brightness=b.")
+        target = (brightness,) if target_rgb is None else tuple(target_rgb)
+        if len(target) not in (1, 3) or not all(0 <= float(v) <= 1 for v in target):
+            raise ValueError(f"ColorTargetReward targets are in [0, 1]: got target_rgb={target_rgb}, brightness={brightness}.")
+        self.register_buffer("target", torch.tensor(target, dtype=torch.float32), persistent=False)
+
+    def forward(self, inputs: RewardInputs) -> Tensor:
+        mean_rgb = inputs.images.float().mean(dim=(2, 3))  # [B, 3]
+        if self.target.numel() == 1:
+            luma = mean_rgb @ torch.tensor(LUMA_WEIGHTS, device=mean_rgb.device)
+            return -(luma - self.target).abs()
+        return -(mean_rgb - self.target.to(mean_rgb.device)).norm(dim=1)
