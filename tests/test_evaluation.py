@@ -169,7 +169,7 @@ def test_load_dreambench_errors(dreambench_root: Path, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- end-to-end evaluate on tiny models
 
-CONFIG = EvaluationConfig(images_per_prompt=2, num_inference_steps=2, prompts_per_subject=2, grid_cell=8)
+CONFIG = EvaluationConfig(images_per_prompt=2, num_inference_steps=1, prompts_per_subject=2, grid_cell=8)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_evaluate_end_to_end(tiny_sd_path: Path, dreambench_root: Path, encoders
     with pytest.raises(FileExistsError, match="overwrite"):
         evaluate(components, subjects, encoders, CONFIG, tmp_path / "a")
     assert (tmp_path / "a" / "report.json").read_text() == before
-    one_prompt = EvaluationConfig(images_per_prompt=2, num_inference_steps=2, prompts_per_subject=1, grid_cell=8)
+    one_prompt = EvaluationConfig(images_per_prompt=2, num_inference_steps=1, prompts_per_subject=1, grid_cell=8)
     replaced = evaluate(components, subjects, encoders, one_prompt, tmp_path / "a", overwrite=True)
     assert len(replaced.subjects[0].prompts) == 1
     for metric, values in replaced.subjects[0].prompts[0].scores.items():  # the seed schedule does not depend on the set

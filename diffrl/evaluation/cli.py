@@ -110,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance,
             eta=args.eta,
             base_seed=args.seed,
-            identifier=args.identifier,
             prompts_per_subject=args.prompts_per_subject,
             grid_cell=args.grid_cell,
             save_images=not args.no_save_images,

@@ -89,7 +89,6 @@ class EvaluationConfig:
     guidance_scale: float = 7.5
     eta: float = 0.0
     base_seed: int = 0
-    identifier: str = "sks"
     prompts_per_subject: int | None = None  # the first n prompts only (quick runs); None: all 25
     grid_cell: int = 128  # pixels per image in the grids
     save_images: bool = True
@@ -118,12 +117,15 @@ class PromptResult:
 
 @dataclass
 class SubjectResult:
+    """Scores of one subject; ``grid`` is relative to the output folder."""
+
     name: str
     class_noun: str
+    identifier: str
     live: bool
     num_references: int
     prompts: list[PromptResult]
-    grid: str  # path relative to the output folder
+    grid: str
 
     @property
     def means(self) -> dict[str, float]:
@@ -246,7 +248,7 @@ def evaluate_subject(
     for name, encode in encoders.image_metrics().items():
         embeddings[name] = _embed(encode, generated)
         scores[name] = mean_reference_similarity(embeddings[name], _embed(encode, references))
-    texts = [remove_identifier(prompt, config.identifier) for prompt in prompts]
+    texts = [remove_identifier(prompt, subject.identifier) for prompt in prompts]
     if encoders.clip is not None:
         with torch.no_grad():
             text_embeddings = encoders.clip.encode_texts(texts).float().cpu()
@@ -269,7 +271,15 @@ def evaluate_subject(
     grid = Path("grids") / f"{subject.name}.png"
     reference_images = [_to_pil(reference[0]) for reference in references]
     _write_png(out_dir / grid, make_grid(reference_images, rows, config.grid_cell))
-    return SubjectResult(subject.name, subject.class_noun, subject.live, len(references), results, grid.as_posix())
+    return SubjectResult(
+        name=subject.name,
+        class_noun=subject.class_noun,
+        identifier=subject.identifier,
+        live=subject.live,
+        num_references=len(references),
+        prompts=results,
+        grid=grid.as_posix(),
+    )
 
 
 def evaluate(
