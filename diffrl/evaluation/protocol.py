@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from diffrl.data.images import load_image_tensor
@@ -80,8 +80,8 @@ class EvaluationConfig:
     """How images are generated and scored.
 
     The images of prompt ``p`` (0-based, in the subject's prompt order) are one `diffrl.sampling.generate` batch of
-    ``images_per_prompt`` samples seeded with ``base_seed + p * images_per_prompt``: image ``k`` of prompt ``p`` is
-    the same for every method, subject set and device run, so runs are comparable.
+    ``images_per_prompt`` samples seeded with ``base_seed + p * images_per_prompt``: every method and every subset of
+    subjects or prompts starts image ``k`` of prompt ``p`` from the same noise, so runs are comparable.
     """
 
     images_per_prompt: int = 4
@@ -199,13 +199,14 @@ def _to_pil(image: Tensor) -> Image.Image:
 
 
 def make_grid(references: Sequence[Image.Image], rows: Sequence[Sequence[Image.Image]], cell: int) -> Image.Image:
-    """The references in the first row, then one row per entry of ``rows``; each image resized to ``cell``x``cell``."""
+    """The references in the first row, then one row per entry of ``rows``; each image fit (resize + center crop)
+    to ``cell`` x ``cell`` pixels."""
     all_rows = [list(references), *map(list, rows)]
     columns = max(len(row) for row in all_rows)
     grid = Image.new("RGB", (columns * cell, len(all_rows) * cell), "white")
     for r, row in enumerate(all_rows):
         for c, image in enumerate(row):
-            grid.paste(image.resize((cell, cell), Image.Resampling.BICUBIC), (c * cell, r * cell))
+            grid.paste(ImageOps.fit(image, (cell, cell), Image.Resampling.BICUBIC), (c * cell, r * cell))
     return grid
 
 
