@@ -1,0 +1,131 @@
+"""Training data: the subject's reference images (augmented, seeded) and cached class images for prior preservation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import v2
+
+from diffrl.data.images import ImageLoadError, list_images, load_image, pil_to_tensor
+
+
+class ReferenceImages:
+    """A folder of images with seeded augmentation: every batch is a pure function of (seed, step, rank).
+
+    This makes the data-loader position of a run its step count: resuming at step s reproduces the batches exactly.
+
+    Args:
+        paths: image files (`from_folder` lists a folder); unreadable images raise `ImageLoadError` naming the file.
+        resolution: output size in pixels.
+        random_flip: horizontal flips with probability 0.5.
+        crop_scale: smallest area fraction of the random resized crop (1.0: no random crop, resize + center crop).
+    """
+
+    def __init__(self, paths: Sequence[Path], resolution: int, random_flip: bool = True, crop_scale: float = 1.0) -> None:
+        if not paths:
+            raise ImageLoadError("ReferenceImages got no image files.")
+        self.paths = list(paths)
+        self.resolution = resolution
+        base = [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
+        self.images = [v2.Compose(base)(pil_to_tensor(load_image(path))) for path in self.paths]
+        crop = [v2.RandomResizedCrop(resolution, scale=(crop_scale, 1.0), ratio=(1.0, 1.0), antialias=True)] if crop_scale < 1 else []
+        self.augment = v2.Compose([*crop, *([v2.RandomHorizontalFlip()] if random_flip else [])])
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, resolution: int, **kwargs) -> ReferenceImages:
+        """All images of `folder`; a missing or empty folder raises `ImageLoadError` naming it."""
+        return cls(list_images(folder), resolution, **kwargs)
+
+    @property
+    def stacked(self) -> Tensor:
+        """The un-augmented images ``[N, 3, R, R]`` in ``[0, 1]``."""
+        return torch.stack(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def indices(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
+        """Indices of the batch of `step` on process `rank`: epochs of seeded permutations, consumed in order."""
+        count = len(self)
+        start = (step * world_size + rank) * batch_size
+        picked = []
+        for position in range(start, start + batch_size):
+            epoch, offset = divmod(position, count)
+            perm = torch.randperm(count, generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
+            picked.append(int(perm[offset]))
+        return picked
+
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Tensor:
+        """Augmented images ``[B, 3, R, R]`` in ``[0, 1]`` for `step` (deterministic in seed, step and rank)."""
+        indices = self.indices(step, batch_size, seed, rank, world_size)
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: isolate it
+            torch.manual_seed(derive_seed(seed, step, rank, 1))
+            return torch.stack([self.augment(self.images[i]) for i in indices])
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed from integers, identical in every process (unlike ``hash`` of strings)."""
+    digest = hashlib.sha256(",".join(map(str, values)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def check_identifier(prompt: str, identifier: str) -> bool:
+    """Warn (and return False) when `prompt` lacks the identifier token that names the subject."""
+    if identifier in prompt.split():
+        return True
+    warnings.warn(
+        f"The instance prompt {prompt!r} does not contain the identifier token {identifier!r}: the model cannot "
+        f"bind the subject to a word. Use e.g. 'a photo of {identifier} dog'.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return False
+
+
+def atomic_save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG via a temporary file in the same folder, fsync and rename: never a half-written image."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_class_images(
+    folder: Path,
+    count: int,
+    generate: Callable[[int, int], Tensor],
+    batch_size: int = 4,
+) -> list[Path]:
+    """Make sure `folder` holds at least `count` class images; generate only the missing ones.
+
+    Args:
+        folder: the cache; existing images (any name) are reused, new ones are ``class-NNNNN.png``.
+        count: images wanted.
+        generate: ``(first_index, n) -> images [n, 3, H, W] in [0, 1]`` (seeded by index, with the frozen model).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = list_images(folder)
+    except ImageLoadError:
+        existing = []
+    for first in range(len(existing), count, batch_size):
+        n = min(batch_size, count - first)
+        images = generate(first, n).clamp(0, 1)
+        for offset, image in enumerate(images):
+            array = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+            atomic_save_png(Image.fromarray(array), folder / f"class-{first + offset:05d}.png")
+    return list_images(folder)[: max(count, 0)] if count else []

@@ -1,0 +1,349 @@
+"""The training loop: data, loss module, optimizers, Accelerate, logging and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tensordict import TensorDict
+from torch import Tensor, nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+
+from diffrl.data.images import list_images
+from diffrl.models import encode_images, encode_prompts, load_sd_components
+from diffrl.training.build import TrainingContext, build_loss
+from diffrl.training.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from diffrl.training.config import TrainConfig
+from diffrl.training.data import ReferenceImages, check_identifier, derive_seed, ensure_class_images
+from diffrl.training.export import save_model
+from diffrl.training.rng import capture_rng, find_generators, restore_rng
+
+LossFactory = Callable[[TrainConfig, TrainingContext], nn.Module]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term was NaN or inf (``nonfinite="raise"``); the message names the step and the terms."""
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `train`: final step, per-step logs (averaged over processes), where the model and last checkpoint are."""
+
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    model_dir: Path | None = None
+    checkpoint: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Personalize a diffusion model with one `DiffusionLoss` (trainer interface in DESIGN.md / diffrl.objectives).
+
+    Every process builds identical models (same seed), draws its own data and environment noise, and averages
+    gradients with the others before each optimizer step, so parameters stay identical across processes.
+
+    Args:
+        config: the run.
+        loss_factory: ``(config, context) -> loss module``; default `build_loss` (by ``config.method``).
+        accelerator: an `accelerate.Accelerator` (default: one built from ``config.mixed_precision``).
+    """
+
+    def __init__(self, config: TrainConfig, loss_factory: LossFactory = build_loss, accelerator: Accelerator | None = None) -> None:
+        self.config = config
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        check_identifier(config.instance_prompt, config.identifier)
+        instance_paths = list_images(config.instance_dir)  # fail fast, before loading the model
+        seed_everything(config.seed)  # identical initialisation (e.g. LoRA) in every process
+        self.components = load_sd_components(config.pretrained, device=self.accelerator.device)
+        self._freeze()
+        native = self.components.latent_shape[1] * self.components.vae_scale_factor
+        self.resolution = config.resolution or native
+        augment = dict(random_flip=config.random_flip, crop_scale=config.random_crop_scale)
+        self.instances = ReferenceImages(instance_paths, self.resolution, **augment)
+        self.classes = ReferenceImages(self._class_images(), self.resolution, **augment) if config.prior_preservation else None
+        self.embeds = self._encode_fixed_prompts()
+        context = TrainingContext(self.components, self.instances.stacked.to(self.accelerator.device), derive_seed(config.seed, self.rank))
+        self.loss = loss_factory(config, context)
+        self.actor_params = list(self.loss.actor_parameters())  # includes the text encoder's when it is trained
+        self.critic_params = list(self.loss.critic_parameters())
+        self.optimizers = {"actor": AdamW(self.actor_params, lr=config.lr_actor)}
+        if self.critic_params:
+            self.optimizers["critic"] = AdamW(self.critic_params, lr=config.lr_critic)
+        warmup = max(config.lr_warmup_steps, 1)
+        self.schedulers = {name: LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup)) for name, opt in self.optimizers.items()}
+        prepared = self.accelerator.prepare(*self.optimizers.values())
+        self.optimizers = dict(zip(self.optimizers, prepared if isinstance(prepared, tuple) else (prepared,)))
+        self.generators = find_generators(self.loss)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.last_checkpoint: Path | None = None
+        self.writer = self._summary_writer()
+        if config.resume:
+            self.load(resolve_checkpoint(config.checkpoint_dir, config.resume))
+
+    # ------------------------------------------------------------------ setup
+    def _freeze(self) -> None:
+        c, config = self.components, self.config
+        c.vae.requires_grad_(False)
+        c.text_encoder.requires_grad_(config.train_text_encoder)
+        if config.lora_rank > 0:
+            from diffrl.agents.lora import add_lora
+
+            add_lora(c.unet, config.lora_rank)
+        else:
+            c.unet.requires_grad_(True)
+
+    def _class_images(self) -> list[Path]:
+        """Generate missing class images with the (still frozen) model on the main process; everyone waits."""
+        from diffrl.sampling import generate
+
+        config = self.config
+        folder = config.class_images_dir
+
+        def make(first: int, n: int) -> Tensor:
+            return generate(
+                self.components,
+                [config.class_prompt] * n,
+                num_inference_steps=config.sample_steps,
+                guidance_scale=config.guidance_scale,
+                seed=derive_seed(config.seed, first),
+            )
+
+        if self.accelerator.is_main_process:
+            ensure_class_images(folder, config.num_class_images, make)
+        self.accelerator.wait_for_everyone()
+        return ensure_class_images(folder, config.num_class_images, make)
+
+    def _encode(self, prompts: list[str]) -> Tensor:
+        return encode_prompts(self.components.tokenizer, self.components.text_encoder, prompts)
+
+    def _encode_fixed_prompts(self) -> dict[str, Tensor]:
+        with torch.no_grad():
+            prompts = {"negative": "", "instance": self.config.instance_prompt, "class": self.config.class_prompt or ""}
+            embeds = self._encode(list(prompts.values()))
+        return {name: embeds[i : i + 1] for i, name in enumerate(prompts)}
+
+    def _summary_writer(self) -> Any:
+        if not self.accelerator.is_main_process:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(Path(self.config.output_dir) / "logs"))
+
+    # ------------------------------------------------------------------ one step
+    def batch(self, step: int) -> TensorDict:
+        """The loss module's input for `step` (a pure function of seed, step and process)."""
+        config, device, size = self.config, self.accelerator.device, self.config.batch_size
+        images = self.instances.batch(step, size, config.seed, self.rank, self.world).to(device)
+        with torch.no_grad():
+            x0 = encode_images(self.components.vae, images)
+        trained = config.train_text_encoder
+        instance = self._encode([config.instance_prompt]) if trained else self.embeds["instance"]
+        batch = TensorDict(
+            {
+                "x0": x0,
+                "prompt_embeds": instance.expand(size, -1, -1),
+                "negative_prompt_embeds": self.embeds["negative"].expand(size, -1, -1),
+            },
+            batch_size=[size],
+        )
+        if self.classes is not None:
+            class_images = self.classes.batch(step, size, derive_seed(config.seed, 2), self.rank, self.world).to(device)
+            with torch.no_grad():
+                batch["prior", "x0"] = encode_images(self.components.vae, class_images)
+            embeds = self._encode([config.class_prompt]) if trained else self.embeds["class"]
+            batch["prior", "prompt_embeds"] = embeds.expand(size, -1, -1)
+        return batch
+
+    def train_step(self) -> dict[str, float]:
+        """Forward, backward, gradient averaging and clipping, optimizer/scheduler/target updates; returns the logs."""
+        with self.accelerator.autocast():
+            out = self.loss(self.batch(self.step))
+        terms = {key: value for key, value in out.items() if key.startswith("loss_")}
+        if not terms:
+            raise RuntimeError(f"The loss module returned no 'loss_*' keys (got {list(out.keys())}).")
+        total = sum(terms.values())
+        logs = self._mean_over_processes({key: value.detach().float().mean() for key, value in out.items()})
+        if not all(math.isfinite(logs[key]) for key in terms):
+            if self._handle_nonfinite(terms, logs):
+                return logs
+        self.accelerator.backward(total)
+        self._average_gradients()
+        clip = self.config.grad_clip
+        for name, params in (("actor", self.actor_params), ("critic", self.critic_params)):
+            if clip is not None and params:
+                logs[f"grad_norm_{name}"] = float(self.accelerator.clip_grad_norm_(params, clip))
+        for name, optimizer in self.optimizers.items():
+            optimizer.step()
+            self.schedulers[name].step()
+            optimizer.zero_grad(set_to_none=True)
+        if getattr(self.loss, "target_updater", None) is not None:
+            self.loss.target_updater.step()
+        return logs
+
+    def _handle_nonfinite(self, terms: dict[str, Tensor], logs: dict[str, float]) -> bool:
+        """Raise, or warn and report that the step is skipped (True)."""
+        listing = ", ".join(f"{key}={logs[key]}" for key in terms)
+        message = f"Non-finite loss at step {self.step + 1}: {listing}."
+        if self.config.nonfinite == "raise":
+            raise NonFiniteLossError(f"{message} Lower the learning rate, enable grad_clip, or set nonfinite='skip'.")
+        warnings.warn(f"{message} Skipping this optimizer step (nonfinite='skip').", RuntimeWarning, stacklevel=3)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        logs["skipped"] = 1.0
+        return True
+
+    def _mean_over_processes(self, values: dict[str, Tensor]) -> dict[str, float]:
+        if not values:
+            return {}
+        stacked = torch.stack(list(values.values())).to(self.accelerator.device)
+        if self.world > 1:
+            stacked = self.accelerator.reduce(stacked, reduction="mean")
+        return dict(zip(values, stacked.tolist()))
+
+    def _average_gradients(self) -> None:
+        """All-reduce (mean) the gradients of every trained parameter across processes."""
+        if self.world == 1:
+            return
+        for param in [*self.actor_params, *self.critic_params]:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            torch.distributed.all_reduce(param.grad)
+            param.grad /= self.world
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> TrainResult:
+        """Run up to ``config.max_steps`` (from the resumed step), checkpoint, save the model."""
+        config = self.config
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=not self.accelerator.is_main_process, desc="personalize")
+        while self.step < config.max_steps:
+            logs = self.train_step()
+            self.step += 1
+            self.history.append({"step": float(self.step), **logs})
+            self._log(logs)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith(("loss", "reward"))}, refresh=False)
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
+                self.save()
+            if config.sample_every and self.step % config.sample_every == 0:
+                self.log_samples()
+        bar.close()
+        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:06d}"):
+            self.save()
+        model_dir = None
+        if self.accelerator.is_main_process:
+            model_dir = save_model(config, self.components)
+            self.writer.close()
+        self.accelerator.wait_for_everyone()
+        return TrainResult(step=self.step, history=self.history, model_dir=model_dir or config.model_dir, checkpoint=self.last_checkpoint)
+
+    def _log(self, logs: dict[str, float]) -> None:
+        if self.writer is not None and self.step % self.config.log_every == 0:
+            for key, value in logs.items():
+                self.writer.add_scalar(f"train/{key}", value, self.step)
+
+    @torch.no_grad()
+    def log_samples(self) -> None:
+        """A grid of samples of the instance prompt (fixed seed) in TensorBoard, from the main process."""
+        if self.writer is None:
+            return
+        from torchvision.utils import make_grid
+
+        from diffrl.sampling import generate
+
+        config = self.config
+        images = generate(
+            self.components,
+            [config.instance_prompt] * config.num_samples,
+            num_inference_steps=config.sample_steps,
+            guidance_scale=config.guidance_scale,
+            seed=config.seed,
+        )
+        self.writer.add_image("samples", make_grid(images.float().cpu(), nrow=config.num_samples), self.step)
+
+    # ------------------------------------------------------------------ state
+    def _trained_modules(self) -> dict[str, nn.Module]:
+        modules = {"unet": self.components.unet}
+        if self.config.train_text_encoder:
+            modules["text_encoder"] = self.components.text_encoder
+        return modules
+
+    def state(self) -> Checkpoint:
+        """Everything needed to resume exactly (RNG states of every process included)."""
+        tensors: dict[str, dict[str, Tensor]] = {}
+        seen: set[int] = set()
+        for name, module in self._trained_modules().items():
+            trained = {key: p for key, p in module.named_parameters() if p.requires_grad}
+            tensors[name] = trained
+            seen.update(p.data_ptr() for p in trained.values())
+        tensors["loss"] = {
+            key: value
+            for key, value in self.loss.state_dict(keep_vars=True).items()
+            if value.data_ptr() not in seen and (not isinstance(value, nn.Parameter) or value.requires_grad)
+        }
+        rng = gather_object([capture_rng(self.generators)]) if self.world > 1 else [capture_rng(self.generators)]
+        states = {
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+            "rng": {"ranks": rng},
+        }
+        images_seen = self.step * self.config.batch_size * self.world
+        meta = {"world_size": self.world, "data_position": {"step": self.step, "images_seen": images_seen}, "config": self.config.to_json()}
+        return Checkpoint(step=self.step, tensors=tensors, states=states, meta=meta)
+
+    def save(self) -> Path:
+        """Checkpoint into ``output_dir/checkpoints`` (written by the main process, atomically)."""
+        checkpoint = self.state()
+        path = self.config.checkpoint_dir / f"ckpt-{self.step:06d}"
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.config.checkpoint_dir, checkpoint, keep=self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        self.last_checkpoint = path
+        return path
+
+    def load(self, path: Path) -> None:
+        """Restore a checkpoint written by `save` (same configuration and number of processes)."""
+        checkpoint = load_checkpoint(path)
+        world = checkpoint.meta.get("world_size")
+        if world != self.world:
+            raise ValueError(f"Checkpoint '{path}' was written by {world} processes; resume with the same number (got {self.world}).")
+        for name, module in self._trained_modules().items():
+            saved = checkpoint.tensors.get(name, {})
+            params = dict(module.named_parameters())
+            unknown = sorted(set(saved) - set(params))
+            if unknown:
+                raise ValueError(f"Checkpoint '{path}' has {name} weights this model lacks ({unknown[:3]}...); was lora_rank changed?")
+            with torch.no_grad():
+                for key, value in saved.items():
+                    params[key].copy_(value)
+        result = self.loss.load_state_dict(checkpoint.tensors["loss"], strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"Checkpoint '{path}' has loss-module entries this run lacks: {result.unexpected_keys[:5]}; was the method changed?")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(checkpoint.states["optimizers"][name])
+            self.schedulers[name].load_state_dict(checkpoint.states["schedulers"][name])
+        restore_rng(checkpoint.states["rng"]["ranks"][self.rank], self.generators)
+        self.step = checkpoint.step
+        self.last_checkpoint = Path(path)
+
+
+def train(config: TrainConfig, loss_factory: LossFactory = build_loss) -> TrainResult:
+    """Build a `Trainer` for `config` and run it."""
+    return Trainer(config, loss_factory).train()
