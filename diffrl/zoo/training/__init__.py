@@ -1,0 +1,1 @@
+"""Reproducible pretraining of the emoji zoo (run through ``scripts/build_zoo.py``)."""

@@ -1,0 +1,88 @@
+"""Contrastive pretraining of a tiny CLIP (transformers ``CLIPModel``) on (render, caption) pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
+from diffrl.zoo.training.tokenizer import build_tokenizer
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class CLIPTrainConfig:
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    patch: int = 16
+    projection_dim: int = 128
+    steps: int = 800
+    batch: int = 96
+    lr: float = 1e-3
+    train_text_len: int = 16  # captions are short: train on the first 16 positions (77 at inference)
+    seed: int = 0
+
+
+def clip_config(tok: CLIPTokenizer, cfg: CLIPTrainConfig) -> CLIPConfig:
+    common = dict(hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden, num_hidden_layers=cfg.layers,
+                  num_attention_heads=cfg.heads)
+    text = dict(common, vocab_size=len(tok), max_position_embeddings=tok.model_max_length,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(common, image_size=64, patch_size=cfg.patch)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, 64, 64]`` in [0, 1] -> CLIP-normalised pixel values."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Horizontal flips and, for half of the batch, a blur (robustness to VAE-decoded samples)."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    sel = torch.rand(b, generator=gen) < 0.5
+    return torch.where(sel.view(b, 1, 1, 1), blur, x)
+
+
+def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
+    """Train and ``save_pretrained`` model + processor (tokenizer, 64 px image processor) to ``out_dir``."""
+    gen = seed_all(cfg.seed)
+    tok = build_tokenizer(out_dir)
+    model = CLIPModel(clip_config(tok, cfg))
+    ids = tok(data.captions, padding="max_length", max_length=cfg.train_text_len, truncation=True,
+              return_tensors="pt").input_ids
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
+    n, losses = len(data.images), []
+    model.train()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+        idx = torch.randint(n, (cfg.batch,), generator=gen)
+        pixels = normalize(augment(data.tensor(idx.numpy()), gen))
+        out = model(input_ids=ids[idx], pixel_values=pixels, return_loss=True)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(out.loss.item())
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log.info("clip step %d/%d loss %.4f", step, cfg.steps, float(np.mean(losses[-100:])))
+    model.eval()
+    model.save_pretrained(out_dir)
+    proc = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(out_dir)
+    return {"params": n_params(model), "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.steps}

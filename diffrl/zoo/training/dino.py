@@ -1,0 +1,131 @@
+"""Label-free DINO self-distillation of a tiny timm ViT (student/EMA teacher, centering + sharpening, 2 global crops)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TIMM_NAME = "vit_small_patch16_224.dino"
+
+
+@dataclass
+class DINOTrainConfig:
+    embed_dim: int = 96
+    depth: int = 3
+    heads: int = 3
+    patch: int = 8
+    out_dim: int = 512
+    steps: int = 600
+    batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.04
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    center_momentum: float = 0.9
+    teacher_momentum: tuple[float, float] = field(default=(0.99, 0.999))  # cosine from first to second
+    crop_scale: tuple[float, float] = field(default=(0.3, 1.0))
+    seed: int = 0
+
+    def timm_kwargs(self) -> dict:
+        return dict(num_classes=0, img_size=64, patch_size=self.patch, embed_dim=self.embed_dim, depth=self.depth,
+                    num_heads=self.heads)
+
+
+class DINOHead(nn.Module):
+    """MLP -> L2-normalised bottleneck -> weight-normalised prototypes: ``[B, D] -> [B, out_dim]``."""
+
+    def __init__(self, dim: int, out_dim: int, hidden: int = 256, bottleneck: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(F.normalize(self.mlp(x), dim=-1))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, scale: tuple[float, float]) -> torch.Tensor:
+    """Random resized crop + flip (one batched affine warp), colour jitter, grayscale; ``[B, 3, 64, 64]`` in [0, 1]."""
+    b = x.shape[0]
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=gen)  # noqa: E731
+    area, logr = u(*scale), u(math.log(3 / 4), math.log(4 / 3))
+    sx, sy = (area * logr.exp()).sqrt().clamp(max=1), (area / logr.exp()).sqrt().clamp(max=1)
+    tx, ty = (1 - sx) * u(-1, 1), (1 - sy) * u(-1, 1)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
+    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+    jit = torch.rand(b, generator=gen) < 0.8
+    bright, contrast, sat = u(0.6, 1.4), u(0.6, 1.4), u(0.6, 1.4)
+    gray = x.mean(1, keepdim=True)
+    y = x * bright.view(b, 1, 1, 1)
+    y = (y - y.mean((1, 2, 3), keepdim=True)) * contrast.view(b, 1, 1, 1) + y.mean((1, 2, 3), keepdim=True)
+    y = (y - gray) * sat.view(b, 1, 1, 1) + gray
+    x = torch.where(jit.view(b, 1, 1, 1), y, x).clamp(0, 1)
+    to_gray = torch.rand(b, generator=gen) < 0.2
+    return torch.where(to_gray.view(b, 1, 1, 1), x.mean(1, keepdim=True).expand_as(x), x)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def train_dino(data: WorldData, out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
+    """Train; save the teacher backbone to ``out_dir/model.safetensors`` and timm kwargs to ``out_dir/timm.json``."""
+    gen = seed_all(cfg.seed)
+    backbone = timm.create_model("vit_small_patch16_224", pretrained=False, **cfg.timm_kwargs())
+    student = nn.Sequential(backbone, DINOHead(cfg.embed_dim, cfg.out_dim))
+    teacher = copy.deepcopy(student).requires_grad_(False)
+    center = torch.zeros(cfg.out_dim)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n, losses = len(data.images), []
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+        x = data.tensor(torch.randint(n, (cfg.batch,), generator=gen).numpy())
+        views = torch.cat([normalize(augment(x, gen, cfg.crop_scale)) for _ in range(2)])
+        s_out = student(views) / cfg.student_temp
+        with torch.no_grad():
+            t_raw = teacher(views)
+            t_prob = F.softmax((t_raw - center) / cfg.teacher_temp, dim=-1)
+        s_logp = F.log_softmax(s_out, dim=-1)
+        b = cfg.batch
+        # cross-view distillation: teacher view i -> student view j != i
+        loss = -0.5 * ((t_prob[:b] * s_logp[b:]).sum(-1).mean() + (t_prob[b:] * s_logp[:b]).sum(-1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
+        opt.step()
+        with torch.no_grad():
+            m0, m1 = cfg.teacher_momentum
+            m = m1 - (m1 - m0) * (math.cos(math.pi * step / cfg.steps) + 1) / 2
+            for pt, ps in zip(teacher.parameters(), student.parameters()):
+                pt.lerp_(ps, 1 - m)
+            center.mul_(cfg.center_momentum).add_(t_raw.mean(0), alpha=1 - cfg.center_momentum)
+        losses.append(loss.item())
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.info("dino(seed %d) step %d/%d loss %.4f", cfg.seed, step, cfg.steps, float(np.mean(losses[-50:])))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in teacher[0].state_dict().items()}
+    save_file(state, out_dir / "model.safetensors")
+    spec = {"model_name": TIMM_NAME, "kwargs": cfg.timm_kwargs(),
+            "pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 0.875, "mean": list(IMAGENET_MEAN),
+                                       "std": list(IMAGENET_STD), "num_classes": 0},
+            "train": {k: v for k, v in asdict(cfg).items() if k not in ("embed_dim", "depth", "heads", "patch")}}
+    (out_dir / "timm.json").write_text(json.dumps(spec, indent=2))
+    return {"params": n_params(teacher[0]), "final_loss": round(float(np.mean(losses[-50:])), 4), "steps": cfg.steps,
+            "seed": cfg.seed}

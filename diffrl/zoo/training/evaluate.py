@@ -1,0 +1,142 @@
+"""Acceptance figures of the zoo: prompt following (CLIP class, pixel context), DINO identity retrieval, no leak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from transformers import CLIPModel, CLIPTokenizer
+
+from diffrl.zoo.checker import classify_context
+from diffrl.zoo.registry import DINOSpec
+from diffrl.zoo.render import SceneSpec, render, sample_spec
+from diffrl.zoo.subjects import reference_specs
+from diffrl.zoo.training.clip import normalize as clip_normalize
+from diffrl.zoo.training.common import log
+from diffrl.zoo.training.dino import normalize as dino_normalize
+from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS, caption
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """PIL images -> float ``[N, 3, H, W]`` in [0, 1]."""
+    return torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images])).permute(0, 3, 1, 2).float() / 255
+
+
+@torch.no_grad()
+def generate(pipe: StableDiffusionPipeline, prompts: list[str], seed: int, steps: int = 25, guidance: float = 6.0,
+             batch: int = 64) -> torch.Tensor:
+    """DDIM samples for ``prompts``: ``[N, 3, 64, 64]`` in [0, 1]."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        g = torch.Generator().manual_seed(seed + i)
+        out.append(pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                        output_type="pt", height=64, width=64).images)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def clip_zero_shot(clip: CLIPModel, tok: CLIPTokenizer, images: torch.Tensor) -> list[str]:
+    """Class noun with the highest image-text similarity to ``"a <class>"`` for each image ``[N, 3, 64, 64]``."""
+    t = clip.get_text_features(**tok([caption(c) for c in CLASSES], padding=True, return_tensors="pt"))
+    v = clip.get_image_features(pixel_values=clip_normalize(images))
+    t = t if isinstance(t, torch.Tensor) else t.pooler_output
+    v = v if isinstance(v, torch.Tensor) else v.pooler_output
+    sims = F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).T
+    return [CLASSES[i] for i in sims.argmax(-1).tolist()]
+
+
+@torch.no_grad()
+def dino_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised CLS features ``[N, D]`` of images ``[N, 3, 64, 64]`` in [0, 1]."""
+    return F.normalize(model(dino_normalize(images)), dim=-1)
+
+
+def identity_retrieval(model: torch.nn.Module, seed: int = 7, per_subject: int = 16) -> dict:
+    """NN retrieval of held-out subjects rendered in new scenes against their 5 references.
+
+    ``acc``: gallery = subject references only; ``acc_with_distractors``: plus 5 renders of every same-class
+    pretraining glyph (a hit needs the nearest gallery image to be one of the subject's own references).
+    """
+    rng = np.random.default_rng(seed)
+    refs, ref_lab = [], []
+    for k, g in enumerate(SUBJECTS):
+        refs += [render(s) for s in reference_specs(g)]
+        ref_lab += [k] * 5
+    distract = [g for g in PRETRAIN_GLYPHS if g.noun in {s.noun for s in SUBJECTS}]
+    dis = [render(s) for g in distract for s in reference_specs(g, seed=99)]
+    contexts = [c for c in CONTEXTS if c != "plain"]
+    queries, q_lab = [], []
+    for k, g in enumerate(SUBJECTS):
+        for _ in range(per_subject):
+            queries.append(render(sample_spec(rng, [g], contexts, p_colour=0.0)))
+            q_lab.append(k)
+    fr, fd, fq = (dino_features(model, to_tensor(x)) for x in (refs, dis, queries))
+    ref_lab_t, q_lab_t = torch.tensor(ref_lab), torch.tensor(q_lab)
+    nn_ref = (fq @ fr.T).argmax(-1)
+    acc = (ref_lab_t[nn_ref] == q_lab_t).float().mean().item()
+    gallery = torch.cat([fr, fd])
+    lab_all = torch.cat([ref_lab_t, torch.full((len(dis),), -1)])
+    acc_d = (lab_all[(fq @ gallery.T).argmax(-1)] == q_lab_t).float().mean().item()
+    return {"acc": round(acc, 4), "acc_with_distractors": round(acc_d, 4), "queries": len(queries)}
+
+
+def no_leak(pipe: StableDiffusionPipeline, model: torch.nn.Module, n: int = 8, seed: int = 11) -> dict:
+    """DINO similarity of ``"a <class>"`` generations to each subject's references vs. references among themselves."""
+    out = {}
+    for g in SUBJECTS:
+        fr = dino_features(model, to_tensor([render(s) for s in reference_specs(g)]))
+        fg = dino_features(model, generate(pipe, [caption(g.noun)] * n, seed))
+        rr = fr @ fr.T
+        ref_ref = rr[~torch.eye(len(fr), dtype=torch.bool)].mean().item()
+        out[g.name] = {"gen_to_ref": round((fg @ fr.T).mean().item(), 4), "ref_to_ref": round(ref_ref, 4)}
+    return out
+
+
+def save_grid(images: torch.Tensor, path: Path, cols: int = 8) -> None:
+    """Save ``[N, 3, 64, 64]`` images as a grid PNG."""
+    n = images.shape[0] // cols * cols
+    x = (images[:n].clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+    rows = x.reshape(n // cols, cols, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(n // cols * 64, cols * 64, 3)
+    Image.fromarray(rows).save(path)
+
+
+def evaluate_zoo(weights: Path, cache: Path, seed: int = 0, steps: int = 25, guidance: float = 6.0) -> dict:
+    """All acceptance figures; writes sample grids to ``weights``."""
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline.from_pretrained(weights / "sd").to(torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    clip, tok = CLIPModel.from_pretrained(weights / "clip").eval(), CLIPTokenizer.from_pretrained(weights / "clip")
+    contexts = [c for c in CONTEXTS if c != "plain"]
+    pairs = [(c, x) for c in CLASSES for x in contexts]
+    prompts = [caption(c, x) for c, x in pairs]
+    log.info("eval: generating %d images (DDIM %d steps, guidance %.1f)", len(prompts), steps, guidance)
+    gen = generate(pipe, prompts, seed, steps, guidance)
+    pred_cls = clip_zero_shot(clip, tok, gen)
+    pred_ctx = [classify_context(im) for im in gen]
+    class_acc = float(np.mean([p == c for p, (c, _) in zip(pred_cls, pairs)]))
+    ctx_acc = float(np.mean([p == x for p, (_, x) in zip(pred_ctx, pairs)]))
+    rng = np.random.default_rng(seed + 1)
+    real_specs = [sample_spec(rng) for _ in range(256)]
+    real_pred = clip_zero_shot(clip, tok, to_tensor([render(s) for s in real_specs]))
+    real_acc = float(np.mean([p == s.glyph.noun for p, s in zip(real_pred, real_specs)]))
+    per_class = {c: round(float(np.mean([p == c for p, (cc, _) in zip(pred_cls, pairs) if cc == c])), 3) for c in CLASSES}
+    idx = torch.tensor([i for i, (_, x) in enumerate(pairs) if x in contexts[:4]][:64])
+    save_grid(gen[idx], weights / "samples.png")
+    record = {
+        "sampler": {"scheduler": "DDIM", "steps": steps, "guidance": guidance, "n": len(prompts)},
+        "prompt_following": {"clip_class_acc": round(class_acc, 4), "context_acc": round(ctx_acc, 4),
+                             "clip_class_acc_on_real_renders": round(real_acc, 4), "per_class": per_class},
+    }
+    dinos = {"dino": DINOSpec.from_dir(weights / "dino"), "dino_eval": DINOSpec.from_dir(weights / "dino_eval")}
+    models = {k: v.create() for k, v in dinos.items()}
+    torch.manual_seed(0)
+    models["random_init"] = timm.create_model("vit_small_patch16_224", pretrained=False, **dinos["dino"].kwargs).eval()
+    record["identity"] = {k: identity_retrieval(m) for k, m in models.items()}
+    record["no_leak"] = {k: no_leak(pipe, models[k], seed=seed + 11) for k in ("dino", "dino_eval")}
+    log.info("eval: %s", record)
+    return record

@@ -1,0 +1,117 @@
+"""Train the tiny text-conditional ``UNet2DConditionModel`` on VAE latents and assemble the SD pipeline folder."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
+
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    steps_offset=1, clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon",
+)
+
+
+@dataclass
+class UNetTrainConfig:
+    channels: tuple[int, ...] = (64, 128, 128)
+    heads: int = 4
+    steps: int = 5000
+    batch: int = 128
+    lr: float = 1e-3
+    ema: float = 0.999
+    cfg_dropout: float = 0.1  # fraction of empty captions, enables classifier-free guidance
+    seed: int = 0
+
+
+def make_unet(cfg: UNetTrainConfig, cross_dim: int) -> UNet2DConditionModel:
+    n = len(cfg.channels)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=cfg.channels, layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        cross_attention_dim=cross_dim, attention_head_dim=cfg.heads, norm_num_groups=32,
+    )
+
+
+def text_encoder_from_clip(clip_dir: Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """The tiny CLIP's text tower as a standalone ``CLIPTextModel`` (frozen, eval mode) and its tokenizer."""
+    clip = CLIPModel.from_pretrained(clip_dir)
+    text = CLIPTextModel(clip.config.text_config)
+    text.text_model.load_state_dict(clip.text_model.state_dict())
+    return text.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(clip_dir)
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, data: WorldData, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image: two ``[N, 4, 8, 8]`` tensors (unscaled)."""
+    means, stds = [], []
+    for i in range(0, len(data.images), batch):
+        dist = vae.encode(data.tensor(np.arange(i, min(i + batch, len(data.images)))) * 2 - 1).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def embed_captions(text: CLIPTextModel, tok: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    """``[U, 77, D]`` last hidden states, padded to ``model_max_length`` as the SD pipeline does."""
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    return torch.cat([text(ids.input_ids[i : i + 256])[0] for i in range(0, len(captions), 256)])
+
+
+def train_unet(data: WorldData, sd_dir: Path, clip_dir: Path, cfg: UNetTrainConfig = UNetTrainConfig()) -> dict:
+    """Train on ``data`` (latents from ``sd_dir/vae``, captions through the frozen CLIP text tower) and save the pipeline."""
+    gen = seed_all(cfg.seed)
+    vae = AutoencoderKL.from_pretrained(sd_dir / "vae").eval()
+    text, tok = text_encoder_from_clip(clip_dir)
+    log.info("encoding %d images to latents", len(data.images))
+    mean, std = encode_latents(vae, data)
+    sf = vae.config.scaling_factor
+    uniq = sorted(set(data.captions))
+    cap_idx = torch.tensor([uniq.index(c) for c in data.captions]) if len(uniq) < 5000 else None
+    embeds = embed_captions(text, tok, uniq + [""])
+    empty = len(uniq)
+    unet = make_unet(cfg, text.config.hidden_size)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    noise_sched = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"})
+    abar = noise_sched.alphas_cumprod
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    n, losses = len(data.images), []
+    unet.train()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, warmup=200)
+        idx = torch.randint(n, (cfg.batch,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
+        c = torch.where(torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout, empty, cap_idx[idx])
+        t = torch.randint(1000, (cfg.batch,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=embeds[c]).sample, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - d)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log.info("unet step %d/%d loss %.4f", step, cfg.steps, float(np.mean(losses[-100:])))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tok, unet=ema.eval(), scheduler=DDIMScheduler(**SD_SCHEDULER),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(sd_dir)
+    return {"params": n_params(unet), "text_encoder_params": n_params(text),
+            "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.steps}

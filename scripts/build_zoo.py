@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Rebuild every weight of the emoji zoo from scratch (seeded), stage by stage, and write the model card.
+
+    python scripts/build_zoo.py                      # all stages
+    python scripts/build_zoo.py --stage clip         # one stage: clip|vae|unet|dino|dino_eval|subjects|eval|card
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffrl.zoo.training.common import log, stage_timer, world_data  # noqa: E402
+
+OUT = ROOT / "diffrl" / "zoo" / "weights" / "emoji"
+CACHE = ROOT / "build" / "zoo"
+STAGES = ("clip", "vae", "unet", "dino", "dino_eval", "subjects", "eval", "card")
+
+
+def run_stage(stage: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    record_path = CACHE / f"record_{stage}.json"
+    record: dict = {}
+    with stage_timer(stage, record):
+        if stage == "clip":
+            from diffrl.zoo.training.clip import train_clip
+
+            record[stage].update(train_clip(world_data(CACHE), OUT / "clip"))
+        elif stage == "vae":
+            from diffrl.zoo.training.vae import train_vae
+
+            record[stage].update(train_vae(world_data(CACHE), OUT / "sd"))
+        elif stage == "unet":
+            from diffrl.zoo.training.unet import train_unet
+
+            record[stage].update(train_unet(world_data(CACHE), OUT / "sd", OUT / "clip"))
+        elif stage == "dino":
+            from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
+
+            record[stage].update(train_dino(world_data(CACHE), OUT / "dino", DINOTrainConfig(seed=0)))
+        elif stage == "dino_eval":
+            from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
+
+            record[stage].update(train_dino(world_data(CACHE), OUT / "dino_eval", DINOTrainConfig(seed=1)))
+        elif stage == "subjects":
+            from diffrl.zoo.subjects import write_subjects
+
+            record[stage].update(write_subjects(ROOT / "diffrl" / "zoo" / "subjects"))
+        elif stage == "eval":
+            from diffrl.zoo.training.evaluate import evaluate_zoo
+
+            record[stage].update(evaluate_zoo(OUT, CACHE))
+        elif stage == "card":
+            from diffrl.zoo.training.card import write_card
+
+            write_card(OUT, CACHE)
+    if stage != "card":
+        record_path.write_text(json.dumps(record, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=STAGES + ("all",), default="all")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    log.setLevel(logging.INFO)
+    for stage in STAGES if args.stage == "all" else (args.stage,):
+        run_stage(stage, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Fast tests of the emoji world and the bundled zoo (offline, CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import diffrl.zoo as zoo
+from diffrl.zoo import font
+
+
+def test_renderer_is_deterministic_for_a_seed():
+    a = zoo.render_dataset(4, seed=3)
+    b = zoo.render_dataset(4, seed=3)
+    assert a[0].shape == (4, 64, 64, 3) and a[0].dtype == np.uint8
+    assert np.array_equal(a[0], b[0]) and [s.caption for s in a[1]] == [s.caption for s in b[1]]
+    assert not np.array_equal(a[0], zoo.render_dataset(4, seed=4)[0])
+
+
+def test_subjects_are_held_out_of_pretraining():
+    assert 4 <= len(zoo.SUBJECTS) <= 6
+    assert not set(zoo.SUBJECTS) & set(zoo.PRETRAIN_GLYPHS)
+    pretrain_nouns = {g.noun for g in zoo.PRETRAIN_GLYPHS}
+    assert all(s.noun in pretrain_nouns for s in zoo.SUBJECTS)
+    _, specs = zoo.render_dataset(64, seed=0)
+    assert not any(s.glyph.subject for s in specs)
+
+
+def test_missing_font_fails_with_actionable_message(monkeypatch, tmp_path):
+    monkeypatch.setenv(font.FONT_ENV, str(tmp_path / "nope.ttf"))
+    with pytest.raises(zoo.EmojiFontNotFoundError, match="fonts-noto-color-emoji"):
+        zoo.find_font()
+    monkeypatch.delenv(font.FONT_ENV)
+    monkeypatch.setattr(font, "FONT_CANDIDATES", (str(tmp_path / "missing.ttf"),))
+    with pytest.raises(zoo.EmojiFontNotFoundError, match="DIFFRL_EMOJI_FONT") as err:
+        zoo.find_font()
+    assert "apt-get install fonts-noto-color-emoji" in str(err.value)
+
+
+@pytest.mark.parametrize("context", list(zoo.CONTEXTS))
+def test_context_checker_on_renders(context):
+    rng = np.random.default_rng(0)
+    specs = [zoo.sample_spec(rng, contexts=[context]) for _ in range(6)]
+    assert [zoo.classify_context(zoo.render(s)) for s in specs] == [context] * 6
+    t = torch.from_numpy(np.asarray(zoo.render(specs[0]))).permute(2, 0, 1).float() / 255
+    assert zoo.classify_context(t) == context
+
+
+def test_subjects_layout_matches_dreambench():
+    paths = zoo.load("emoji")
+    text = (paths.subjects / "prompts_and_classes.txt").read_text()
+    assert text.count(".format(unique_token, class_token)") == 50
+    for s in zoo.SUBJECTS:
+        assert f"{s.name},{s.noun}" in text
+        assert sorted(p.name for p in (paths.subjects / s.name).glob("*.png")) == [f"{i:02d}.png" for i in range(5)]
+
+
+def test_weights_load_offline_and_generate(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPProcessor
+
+    paths = zoo.load("emoji")
+    pipe = StableDiffusionPipeline.from_pretrained(paths.sd)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.tokenizer("a sks dog").input_ids.__len__() == 5  # bos, a, sks, dog, eos
+    out = pipe("a dog in the snow", num_inference_steps=2, guidance_scale=5.0, height=64, width=64,
+               generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+    assert pipe.vae.config.scaling_factor != 0.18215 and pipe.unet.config.sample_size == 8
+
+    clip, proc = CLIPModel.from_pretrained(paths.clip), CLIPProcessor.from_pretrained(paths.clip)
+    inputs = proc(text=["a dog"], images=[zoo.render(zoo.SceneSpec(zoo.PRETRAIN_GLYPHS[0]))], return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 64, 64)
+    assert clip(**inputs).logits_per_image.shape == (1, 1)
+
+    for spec in (paths.dino, paths.dino_eval):
+        vit = spec.create()
+        assert vit(torch.rand(2, 3, 64, 64)).shape == (2, spec.kwargs["embed_dim"])
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
