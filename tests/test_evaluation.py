@@ -245,7 +245,14 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert result.returncode == 0 and "--heldout-dino-weights" in result.stdout
 
 
-def test_cli_evaluate(tiny_sd_path: Path, tiny_dino: tuple[Path, dict], tiny_clip_path: Path, dreambench_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_evaluate(
+    tiny_sd_path: Path,
+    tiny_dino: tuple[Path, dict],
+    tiny_clip_path: Path,
+    dreambench_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     weights, kwargs = tiny_dino
     argv = [
         "evaluate", "--pretrained", str(tiny_sd_path), "--dreambench", str(dreambench_root), "--subject", "cat",

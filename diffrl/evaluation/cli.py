@@ -45,36 +45,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--pretrained", required=True, metavar="MODEL", help="diffusers Stable Diffusion folder or hub id to evaluate")
+    add = parser.add_argument
+    add("--pretrained", required=True, metavar="MODEL", help="diffusers Stable Diffusion folder or hub id to evaluate")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dreambench", type=Path, metavar="DIR", help="the DreamBench dataset folder (with prompts_and_classes.txt)")
+    source.add_argument("--dreambench", type=Path, metavar="DIR", help="DreamBench folder (with prompts_and_classes.txt)")
     source.add_argument("--subjects", type=Path, metavar="DIR", help="any subjects folder in the DreamBench layout")
-    parser.add_argument("--subject", nargs="+", metavar="NAME", help="evaluate only these subjects (default: all)")
-    parser.add_argument("--prompts-per-subject", type=int, metavar="N", help="only the first N prompts of each subject (default: all 25)")
-    parser.add_argument("--identifier", default="sks", help="the subject's identifier token in the prompts (default: %(default)s)")
+    add("--subject", nargs="+", metavar="NAME", help="evaluate only these subjects (default: all)")
+    add("--prompts-per-subject", type=int, metavar="N", help="only the first N prompts of each subject (default: all 25)")
+    add("--identifier", default="sks", help="the subject's identifier token in the prompts (default: %(default)s)")
 
-    models = parser.add_argument_group("metric encoders")
-    models.add_argument("--dino", default="vit_small_patch16_224.dino", metavar="TIMM_NAME", help="timm architecture of DINO (default: %(default)s)")
-    models.add_argument("--dino-weights", type=Path, metavar="FILE", help="DINO weights (.safetensors/.pth); default: the Hugging Face cache")
-    models.add_argument("--dino-arch-json", metavar="JSON", help="timm.create_model kwargs for DINO, as JSON text or a .json file")
-    models.add_argument("--heldout-dino-weights", type=Path, nargs="+", default=[], metavar="FILE", help="extra DINO weights reported as 'DINO (held-out)'")
-    models.add_argument("--heldout-dino-arch-json", metavar="JSON", help="architecture kwargs of the held-out DINOs (default: --dino-arch-json)")
-    models.add_argument("--clip", default="openai/clip-vit-base-patch32", metavar="MODEL", help="CLIP folder or hub id (default: %(default)s)")
+    add = parser.add_argument_group("metric encoders").add_argument
+    add("--dino", default="vit_small_patch16_224.dino", metavar="TIMM_NAME", help="DINO's timm model (default: %(default)s)")
+    add("--dino-weights", type=Path, metavar="FILE", help="DINO weights (.safetensors/.pth); default: the Hugging Face cache")
+    add("--dino-arch-json", metavar="JSON", help="timm.create_model kwargs for DINO, as JSON text or a .json file")
+    add("--heldout-dino-weights", type=Path, nargs="+", default=[], metavar="FILE", help="reported as 'DINO (held-out)'")
+    add("--heldout-dino-arch-json", metavar="JSON", help="kwargs of the held-out DINOs (default: --dino-arch-json)")
+    add("--clip", default="openai/clip-vit-base-patch32", metavar="MODEL", help="CLIP folder or hub id (default: %(default)s)")
 
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--images-per-prompt", type=int, default=4, metavar="N", help="default: %(default)s")
-    sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
-    sampling.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
-    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: %(default)s)")
-    sampling.add_argument("--seed", type=int, default=0, help="base seed; prompt p uses seed + p * images-per-prompt (default: %(default)s)")
+    add = parser.add_argument_group("sampling").add_argument
+    add("--images-per-prompt", type=int, default=4, metavar="N", help="default: %(default)s")
+    add("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    add("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
+    add("--eta", type=float, default=0.0, help="DDIM eta (default: %(default)s)")
+    add("--seed", type=int, default=0, help="base seed; prompt p uses seed + p * images-per-prompt (default: %(default)s)")
 
-    output = parser.add_argument_group("output and hardware")
-    output.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    output.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
-    output.add_argument("--no-save-images", action="store_true", help="write only the report and the grids")
-    output.add_argument("--grid-cell", type=int, default=128, metavar="PIXELS", help="image size in the grids (default: %(default)s)")
-    output.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    output.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="precision of the diffusion model (default: %(default)s)")
+    add = parser.add_argument_group("output and hardware").add_argument
+    add("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    add("--overwrite", action="store_true", help="replace an existing report in --out")
+    add("--no-save-images", action="store_true", help="write only the report and the grids")
+    add("--grid-cell", type=int, default=128, metavar="PIXELS", help="image size in the grids (default: %(default)s)")
+    add("--device", help="torch device (default: cuda if available, else cpu)")
+    add("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="diffusion model precision")
     parser.set_defaults(func=run)
     return parser
 
@@ -124,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
         encoders = EvaluationEncoders(
             dino=DINOEncoder.from_pretrained(args.dino, weights=args.dino_weights, **dino_kwargs).to(device),
             clip=CLIPEncoder.from_pretrained(args.clip).to(device),
-            heldout_dino=[DINOEncoder.from_pretrained(args.dino, weights=w, **heldout_kwargs).to(device) for w in args.heldout_dino_weights],
+            heldout_dino=[
+                DINOEncoder.from_pretrained(args.dino, weights=weights, **heldout_kwargs).to(device)
+                for weights in args.heldout_dino_weights
+            ],
         )
         report = evaluate(components, subjects, encoders, config, args.out, overwrite=args.overwrite)
     except (DreamBenchError, ImageLoadError, ModelLoadError, FileExistsError, ValueError) as err:

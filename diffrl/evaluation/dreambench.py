@@ -77,14 +77,16 @@ def parse_prompts_and_classes(text: str, source: str = PROMPTS_FILE) -> PromptsA
         elif section in templates:
             match = _TEMPLATE.match(line)
             if match is None:
-                raise DreamBenchError(f"{where}: expected a line like \"'a {{0}} {{1}} in the snow'.format(unique_token, class_token),\".")
+                example = "'a {0} {1} in the snow'.format(unique_token, class_token),"
+                raise DreamBenchError(f"{where}: expected a prompt template line like {example!r}.")
             template = ast.literal_eval(match["literal"])
             if "{0}" not in template or "{1}" not in template:
                 raise DreamBenchError(f"{where}: a prompt template needs both {{0}} (identifier) and {{1}} (class).")
             templates[section].append(template)
         else:
-            raise DreamBenchError(f"{where}: text outside the 'Classes', 'Object Prompts' and 'Live Subject Prompts' sections.")
-    for name, found in (("Classes", classes), ("Object Prompts", templates["object"]), ("Live Subject Prompts", templates["live"])):
+            raise DreamBenchError(f"{where}: text outside the sections 'Classes', 'Object Prompts', 'Live Subject Prompts'.")
+    sections = {"Classes": classes, "Object Prompts": templates["object"], "Live Subject Prompts": templates["live"]}
+    for name, found in sections.items():
         if not found:
             raise DreamBenchError(f"{source}: the '{name}' section is missing or empty.")
     return PromptsAndClasses(classes, tuple(templates["object"]), tuple(templates["live"]))

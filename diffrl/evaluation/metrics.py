@@ -48,7 +48,8 @@ def remove_identifier(prompt: str, token: str = "sks") -> str:
     """The prompt without the identifier word, for CLIP-T: ``"a sks dog"`` -> ``"a dog"``.
 
     Only whole words are removed (``"sksx"`` stays), punctuation attached to the token is kept
-    (``"a sks, dog"`` -> ``"a, dog"``; one left dangling at either end is dropped), and whitespace is collapsed (no double or edge spaces).
+    (``"a sks, dog"`` -> ``"a, dog"``; one left dangling at either end is dropped), and whitespace is collapsed
+    (no double or edge spaces).
     """
     if not token or any(c.isspace() for c in token):
         raise ValueError(f"token must be one non-empty word, got {token!r}.")

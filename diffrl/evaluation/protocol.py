@@ -148,7 +148,13 @@ class EvaluationReport:
 
     def to_dict(self) -> dict:
         subjects = [{**asdict(s), "means": s.means} for s in self.subjects]
-        return {"source": self.source, "config": asdict(self.config), "metrics": self.metrics, "overall": self.overall, "subjects": subjects}
+        return {
+            "source": self.source,
+            "config": asdict(self.config),
+            "metrics": self.metrics,
+            "overall": self.overall,
+            "subjects": subjects,
+        }
 
     def to_markdown(self) -> str:
         header = ["subject", "class", "images", *self.metrics]
