@@ -225,6 +225,7 @@ def test_evaluate_end_to_end(tiny_sd_path: Path, dreambench_root: Path, encoders
     for metric, values in replaced.subjects[0].prompts[0].scores.items():  # the seed schedule does not depend on the set
         assert values == pytest.approx(data["subjects"][0]["prompts"][0]["scores"][metric], abs=1e-6)
     assert json.loads((tmp_path / "a" / "report.json").read_text())["config"]["prompts_per_subject"] == 1
+    assert sorted(p.name for p in (tmp_path / "a" / "images" / "dog").iterdir()) == ["00_0.png", "00_1.png"]  # no stale files
 
 
 # ---------------------------------------------------------------- CLI

@@ -272,9 +272,12 @@ def evaluate_subject(
     ]
     rows = [[_to_pil(image) for image in batch] for batch in generated]
     if config.save_images:
+        folder = out_dir / "images" / subject.name
+        for stale in folder.glob("[0-9][0-9]_*.png"):  # from an earlier (overwritten or interrupted) run
+            stale.unlink()
         for p, row in enumerate(rows):
             for k, image in enumerate(row):
-                _write_png(out_dir / "images" / subject.name / f"{p:02d}_{k}.png", image)
+                _write_png(folder / f"{p:02d}_{k}.png", image)
     grid = Path("grids") / f"{subject.name}.png"
     reference_images = [_to_pil(reference[0]) for reference in references]
     _write_png(out_dir / grid, make_grid(reference_images, rows, config.grid_cell))
