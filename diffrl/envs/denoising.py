@@ -86,6 +86,7 @@ class DenoisingEnv(EnvBase):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         super().__init__(device=components.device, batch_size=torch.Size([batch_size]))
         self.components = components
+        self.latent_dtype = components.dtype  # cached: reading a module's dtype walks all its parameters
         self.config = config
         self.reward_fn = reward
         self.schedule = BatchedScheduler(components.scheduler, config.num_inference_steps, config.eta)
@@ -130,7 +131,7 @@ class DenoisingEnv(EnvBase):
     # ------------------------------------------------------------------ specs
     def _make_specs(self) -> None:
         batch = self.batch_size
-        latent = Unbounded(shape=(*batch, *self.latent_shape), dtype=self.components.dtype, device=self.device)
+        latent = Unbounded(shape=(*batch, *self.latent_shape), dtype=self.latent_dtype, device=self.device)
         embeds = Unbounded(shape=(*batch, *self.prompt_embeds.shape[1:]), dtype=self.prompt_embeds.dtype, device=self.device)
         observation = Composite(
             latents=latent,
@@ -146,14 +147,14 @@ class DenoisingEnv(EnvBase):
         self.observation_spec = observation
         self.state_spec = observation.clone()
         self.action_spec = latent.clone()
-        self.reward_spec = Unbounded(shape=(*batch, 1), dtype=self.components.dtype, device=self.device)
+        self.reward_spec = Unbounded(shape=(*batch, 1), dtype=self.latent_dtype, device=self.device)
 
     # -------------------------------------------------------------- dynamics
     def _set_seed(self, seed: int | None) -> None:
         self.rng.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()) if seed is None else seed)
 
     def _randn(self, shape: Sequence[int]) -> Tensor:
-        return torch.randn(tuple(shape), generator=self.rng, device=self.device, dtype=self.components.dtype)
+        return torch.randn(tuple(shape), generator=self.rng, device=self.device, dtype=self.latent_dtype)
 
     def _check_batch(self, name: str, value: Tensor, shape: tuple[int, ...]) -> Tensor:
         expected = (*self.batch_size, *shape)
@@ -238,7 +239,7 @@ class DenoisingEnv(EnvBase):
 
     def _reward(self, tensordict, action, latents, timestep, x0, next_latents, done) -> Tensor:
         batch = self.batch_size[0]
-        zeros = torch.zeros(batch, 1, dtype=self.components.dtype, device=self.device)
+        zeros = torch.zeros(batch, 1, dtype=self.latent_dtype, device=self.device)
         if self.reward_fn is None or (self.config.reward_mode == "terminal" and not done.any()):
             return zeros
         inputs = RewardInputs(
@@ -251,7 +252,7 @@ class DenoisingEnv(EnvBase):
             decode=self.decode,
             x0_hat=next_latents if self.config.reward_mode == "terminal" else None,
         )
-        reward = self.reward_fn(inputs).unsqueeze(-1).to(self.components.dtype)
+        reward = self.reward_fn(inputs).unsqueeze(-1).to(self.latent_dtype)
         return torch.where(done, reward, zeros) if self.config.reward_mode == "terminal" else reward
 
     def decode(self, latents: Tensor) -> Tensor:

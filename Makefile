@@ -1,0 +1,37 @@
+# diffrl: every target creates the virtualenv it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench zoo system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, exactly as verified (served from local disk on these machines)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# The colour-emoji font renders the zoo's world (tests of the renderer and `make zoo` need it).
+system-deps:
+	@fc-list 2>/dev/null | grep -qi "NotoColorEmoji" || ls /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji >/dev/null)
+
+demo: $(STAMP)
+	$(PY) examples/personalize_dino.py --output-dir outputs/demo
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/rollout_vs_pipeline.py
+	$(PY) benchmarks/reward_cost.py
+	$(PY) benchmarks/train_step.py
+
+zoo: $(STAMP) system-deps
+	$(PY) scripts/build_zoo.py
+
+clean:
+	rm -rf $(VENV) outputs
