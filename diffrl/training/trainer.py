@@ -66,7 +66,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, loss_factory: LossFactory = build_loss, accelerator: Accelerator | None = None) -> None:
         self.config = config
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        # cpu=True on a machine without CUDA makes `accelerate launch --multi_gpu` (torchrun) run gloo on CPU
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         check_identifier(config.instance_prompt, config.identifier)
         instance_paths = list_images(config.instance_dir)  # fail fast, before loading the model

@@ -1,0 +1,243 @@
+"""The trainer on tiny models: exact resume, loadable output, two processes, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffrl.data.images import ImageLoadError
+from diffrl.training import ConfigError, NonFiniteLossError, ReferenceImages, TrainConfig, Trainer, check_identifier, train
+from diffrl.training.build import build_loss
+from diffrl.training.data import ensure_class_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a loaded 2-core machine are ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def instance_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("instance")
+    rng = np.random.default_rng(0)
+    for index, size in enumerate([(20, 24), (16, 16), (30, 18)]):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    return folder
+
+
+def config(tiny_sd_path: Path, instance_dir: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        pretrained=str(tiny_sd_path),
+        instance_dir=str(instance_dir),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(out),
+        method="dreambooth",
+        rewards={"lookforward": 1.0},
+        lr_actor=1e-3,
+        lr_critic=1e-3,
+        max_steps=1,
+        sample_steps=2,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def unet_hash(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, param in sorted(module.state_dict().items()):
+        digest.update(name.encode() + param.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ resume
+def test_resume_reproduces_the_uninterrupted_run(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    """DPG (critic, target critic, env noise) with prior preservation: 2 steps + resume == 4 steps, to 1e-6."""
+    common = dict(method="dpg", batch_size=2, num_class_images=2, class_prompt="a photo of dog", class_dir=str(tmp_path / "cls"))
+    full = train(config(tiny_sd_path, instance_dir, tmp_path / "full", max_steps=4, **common))
+    first = train(config(tiny_sd_path, instance_dir, tmp_path / "split", max_steps=2, **common))
+    resumed = train(config(tiny_sd_path, instance_dir, tmp_path / "split", max_steps=4, resume="latest", **common))
+    assert [h["step"] for h in first.history + resumed.history] == [1, 2, 3, 4]
+    assert resumed.checkpoint.name == "ckpt-000004"
+    for expected, got in zip(full.history[2:], resumed.history, strict=True):
+        for key in ("loss_actor", "loss_critic", "reward", "prior_mse", "q_value"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-6, rel=1e-6), key
+    assert full.history[2]["loss_critic"] != full.history[3]["loss_critic"]  # the comparison is not vacuous
+    assert len(list((tmp_path / "cls").glob("*.png"))) == 2
+
+
+# ------------------------------------------------------------------ output
+def test_full_finetune_output_loads_with_from_pretrained(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "run", sample_every=1, num_samples=2))
+    result = trainer.train()
+    pipe = StableDiffusionPipeline.from_pretrained(result.model_dir, safety_checker=None)
+    assert unet_hash(pipe.unet) == unet_hash(trainer.components.unet)
+    assert unet_hash(pipe.unet) != unet_hash(StableDiffusionPipeline.from_pretrained(tiny_sd_path).unet)
+    images = pipe("a photo of sks dog", num_inference_steps=2, output_type="pt").images
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    assert list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
+
+
+def test_lora_output_loads_with_load_lora_weights(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    result = train(config(tiny_sd_path, instance_dir, tmp_path / "run", lora_rank=2, lr_actor=1e-2))
+    assert (result.model_dir / "pytorch_lora_weights.safetensors").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path, safety_checker=None)
+    base = pipe("a photo of sks dog", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    pipe.load_lora_weights(result.model_dir)
+    tuned = pipe("a photo of sks dog", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert torch.isfinite(tuned).all() and not torch.allclose(base, tuned)
+
+
+# ------------------------------------------------------------------ two processes
+LAUNCHED = """
+import hashlib, sys
+from pathlib import Path
+from accelerate import PartialState
+from diffrl.training import TrainConfig, Trainer
+
+trainer = Trainer(TrainConfig.from_json(Path(sys.argv[1]).read_text()))
+trainer.train()
+digest = hashlib.sha256()
+for param in [*trainer.actor_params, *trainer.critic_params]:
+    digest.update(param.detach().numpy().tobytes())
+Path(sys.argv[2], f"hash-{PartialState().process_index}.txt").write_text(digest.hexdigest())
+"""
+
+
+def test_two_processes_keep_identical_parameters(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_sd_path, instance_dir, tmp_path / "run", method="dpg", max_steps=2)
+    (tmp_path / "config.json").write_text(cfg.to_json())
+    (tmp_path / "launched.py").write_text(textwrap.dedent(LAUNCHED))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", str(tmp_path / "launched.py"), str(tmp_path / "config.json"), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hashes = [(tmp_path / f"hash-{rank}.txt").read_text() for rank in (0, 1)]
+    assert hashes[0] == hashes[1]
+    assert (tmp_path / "run" / "model" / "model_index.json").is_file()
+
+
+# ------------------------------------------------------------------ bad input
+def test_missing_empty_and_unreadable_instance_images(tiny_sd_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ImageLoadError, match="nowhere.*does not exist"):
+        Trainer(config(tiny_sd_path, tmp_path / "nowhere", tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ImageLoadError, match="empty.*contains no images"):
+        Trainer(config(tiny_sd_path, tmp_path / "empty", tmp_path / "out"))
+    (tmp_path / "bad").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "good.png")
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        ReferenceImages.from_folder(tmp_path / "bad", 16)
+
+
+def test_prompt_without_identifier_warns(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="'sks'"):
+        check_identifier("a photo of a dog", "sks")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_identifier("a photo of sks dog", "sks")
+    with pytest.warns(UserWarning, match="does not contain the identifier token 'zwx'"):
+        Trainer(config(tiny_sd_path, instance_dir, tmp_path / "out", identifier="zwx"))
+
+
+def nan_at_step(step: int):
+    """A loss factory whose loss is NaN at `step` (1-based)."""
+
+    def factory(cfg: TrainConfig, context):
+        loss = build_loss(cfg, context)
+        calls = {"n": 0}
+
+        def poison(module, args, out):
+            calls["n"] += 1
+            if calls["n"] == step:
+                out["loss_actor"] = out["loss_actor"] * float("nan")
+            return out
+
+        loss.register_forward_hook(poison)
+        return loss
+
+    return factory
+
+
+def test_nonfinite_loss_raises_or_skips(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match=r"step 2: loss_actor=nan"):
+        train(config(tiny_sd_path, instance_dir, tmp_path / "raise", max_steps=3), loss_factory=nan_at_step(2))
+    trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "skip", max_steps=2, nonfinite="skip"), nan_at_step(2))
+    trainer.train_step()
+    trainer.step = 1
+    before = unet_hash(trainer.components.unet)
+    with pytest.warns(RuntimeWarning, match="Non-finite loss at step 2: loss_actor=nan.*Skipping"):
+        logs = trainer.train_step()
+    assert logs["skipped"] == 1.0 and unet_hash(trainer.components.unet) == before
+    assert all(torch.isfinite(p).all() for p in trainer.actor_params)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(lr_actor=0.0), "lr_actor must be > 0"),
+        (dict(batch_size=0), "batch_size must be > 0"),
+        (dict(method="ppo"), "method must be one of"),
+        (dict(mixed_precision="fp8"), "mixed_precision must be one of"),
+        (dict(gamma=1.5), r"gamma must be in \[0, 1\]"),
+        (dict(resolution=12), "multiple of 8"),
+        (dict(num_class_images=4), "needs class_prompt"),
+        (dict(rewards={"clip": 1.0}), r"Unknown reward\(s\) \['clip'\]"),
+        (dict(method="dpg", rewards={"lookforward": 0.0}), "non-zero weight"),
+        (dict(lora_rank=4, train_text_encoder=True), "lora_rank=0"),
+        (dict(grad_clip=0.0), "grad_clip must be > 0 or None"),
+        (dict(nonfinite="ignore"), "nonfinite must be one of"),
+        (dict(instance_prompt=" "), "instance_prompt must not be empty"),
+    ],
+)
+def test_invalid_hyperparameters(overrides: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config(Path("sd"), Path("inst"), tmp_path, **overrides)
+
+
+# ------------------------------------------------------------------ data
+def test_augmentation_is_a_function_of_seed_step_and_rank(instance_dir: Path) -> None:
+    data = ReferenceImages.from_folder(instance_dir, 16, crop_scale=0.5)
+    assert data.batch(3, 2, seed=0).shape == (2, 3, 16, 16)
+    assert torch.equal(data.batch(3, 2, seed=0), data.batch(3, 2, seed=0))
+    assert not torch.equal(data.batch(3, 2, seed=0), data.batch(4, 2, seed=0))
+    assert not torch.equal(data.batch(3, 2, seed=0, rank=0, world_size=2), data.batch(3, 2, seed=0, rank=1, world_size=2))
+    epoch = [i for step in range(3) for i in data.indices(step, 1, seed=0)]
+    assert sorted(epoch) == [0, 1, 2]  # every image once per epoch
+
+
+def test_class_images_are_generated_once_and_reused(tmp_path: Path) -> None:
+    calls = []
+
+    def generate(first: int, n: int) -> torch.Tensor:
+        calls.append((first, n))
+        return torch.rand(n, 3, 8, 8)
+
+    paths = ensure_class_images(tmp_path, 5, generate, batch_size=2)
+    assert calls == [(0, 2), (2, 2), (4, 1)] and len(paths) == 5
+    calls.clear()
+    assert ensure_class_images(tmp_path, 6, generate, batch_size=2)[:5] == paths
+    assert calls == [(5, 1)]
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
