@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from diffrl import __version__
 from diffrl.evaluation.cli import add_parser as add_evaluate_parser
 from diffrl.sampling_cli import add_parser as add_sample_parser
+from diffrl.training.cli import add_parser as add_personalize_parser
 
 # Append ``add_parser`` functions here (e.g. from diffrl.training.cli for "personalize", diffrl.sampling_cli for "sample").
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_sample_parser, add_evaluate_parser]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_personalize_parser, add_sample_parser, add_evaluate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -241,3 +241,26 @@ def test_class_images_are_generated_once_and_reused(tmp_path: Path) -> None:
     assert ensure_class_images(tmp_path, 6, generate, batch_size=2)[:5] == paths
     assert calls == [(5, 1)]
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+# ------------------------------------------------------------------ example and CLI
+def test_example_writes_grid_and_reward_curve(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    script = REPO / "examples" / "personalize_dino.py"
+    done = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path), "--max-steps", "1", "--checkpoint-every", "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("before_after.png", "reward_curve.png", "model/model_index.json"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_personalize_command_is_registered() -> None:
+    from diffrl.cli import build_parser
+    from diffrl.training.cli import config_from_args
+
+    args = build_parser().parse_args(
+        ["personalize", "--pretrained", "sd", "--instance-dir", "d", "--instance-prompt", "a sks dog", "--output-dir", "o",
+         "--rewards", "lookforward=1,dino=0.25", "--method", "one_step"]
+    )
+    cfg = config_from_args(args)
+    assert cfg.rewards == {"lookforward": 1.0, "dino": 0.25} and cfg.method == "one_step"
