@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -166,8 +167,8 @@ def check_reward(reward: Tensor, batch_size: int, name: str) -> Tensor:
 
 
 def _is_weight(value: object) -> bool:
-    """A plain finite real number (not a bool, not a tensor: weights are constants)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number (not a bool, not a tensor: weights are constants)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class WeightedSum(Reward):
@@ -185,7 +186,7 @@ class WeightedSum(Reward):
             if not isinstance(reward, Reward):
                 raise TypeError(f"WeightedSum terms must be Reward modules, got {type(reward).__name__}.")
             if not _is_weight(weight):
-                raise TypeError(f"Weight of reward '{reward.name}' must be a finite int or float, got {weight!r}.")
+                raise TypeError(f"Weight of reward '{reward.name}' must be a finite real number, got {weight!r}.")
             inner = reward.terms() if isinstance(reward, WeightedSum) else [(reward, 1.0)]
             for term, inner_weight in inner:
                 rewards.append(term)
