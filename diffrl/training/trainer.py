@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from diffrl.data.images import list_images
-from diffrl.models import encode_images, encode_prompts, load_sd_components
+from diffrl.models import SDComponents, encode_images, encode_prompts, load_sd_components
 from diffrl.training.build import TrainingContext, build_loss
 from diffrl.training.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from diffrl.training.config import TrainConfig
@@ -62,9 +62,16 @@ class Trainer:
         config: the run.
         loss_factory: ``(config, context) -> loss module``; default `build_loss` (by ``config.method``).
         accelerator: an `accelerate.Accelerator` (default: one built from ``config.mixed_precision``).
+        components: already loaded components to train (default: loaded from ``config.pretrained``).
     """
 
-    def __init__(self, config: TrainConfig, loss_factory: LossFactory = build_loss, accelerator: Accelerator | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        loss_factory: LossFactory = build_loss,
+        accelerator: Accelerator | None = None,
+        components: SDComponents | None = None,
+    ) -> None:
         self.config = config
         # cpu=True on a machine without CUDA makes `accelerate launch --multi_gpu` (torchrun) run gloo on CPU
         self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
@@ -72,7 +79,7 @@ class Trainer:
         check_identifier(config.instance_prompt, config.identifier)
         instance_paths = list_images(config.instance_dir)  # fail fast, before loading the model
         seed_everything(config.seed)  # identical initialisation (e.g. LoRA) in every process
-        self.components = load_sd_components(config.pretrained, device=self.accelerator.device)
+        self.components = components or load_sd_components(config.pretrained, device=self.accelerator.device)
         self._freeze()
         native = self.components.latent_shape[1] * self.components.vae_scale_factor
         self.resolution = config.resolution or native
