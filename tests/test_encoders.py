@@ -63,7 +63,8 @@ def test_dino_missing_weights_explains_how_to_supply_them(
 @pytest.mark.parametrize("input_size", [32, 224])
 def test_dino_preprocessing_matches_timm_transform(photo, input_size: int) -> None:
     kwargs = dict(img_size=input_size, patch_size=8 if input_size == 32 else 16, embed_dim=32, depth=1, num_heads=2)
-    encoder = DINOEncoder(timm.create_model("vit_small_patch16_224.dino", pretrained=False, num_classes=0, **kwargs))
+    encoder = DINOEncoder(timm.create_model("vit_small_patch16_224.dino", pretrained=False, num_classes=10, **kwargs))
+    assert encoder(torch.rand(1, 3, 8, 8)).shape == (1, 32)  # the classifier head is dropped: CLS features
     config = timm.data.resolve_data_config({"input_size": (3, input_size, input_size), "crop_pct": 0.875}, model=encoder.model)
     official = timm.data.create_transform(**config)(photo).unsqueeze(0)
     ours = encoder.preprocess(pil_to_tensor(photo).unsqueeze(0))

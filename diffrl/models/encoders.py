@@ -66,7 +66,10 @@ class DINOEncoder(_FrozenEncoder):
     """
 
     def __init__(self, model: nn.Module, crop_pct: float = DREAMBENCH_CROP_PCT) -> None:
+        """Wrap a timm ViT; a classifier head, if it has one, is removed (``reset_classifier(0)``)."""
         super().__init__()
+        if getattr(model, "num_classes", 0):
+            model.reset_classifier(0)
         self.model = model
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         img_size = getattr(getattr(model, "patch_embed", None), "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:]
