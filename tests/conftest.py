@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: it reads the variable once
 
-from diffrl.models.tiny import build_tiny_clip, build_tiny_dino, build_tiny_sd
+from pathlib import Path  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from diffrl.models.tiny import build_tiny_clip, build_tiny_dino, build_tiny_sd  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 DREAMBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "dreambench"
