@@ -27,7 +27,7 @@ def default_model(tmp: Path) -> tuple[str, str]:
     try:
         from diffrl.zoo import load
 
-        return str(load("emoji").sd_pipeline), "embedded zoo (emoji)"
+        return str(load("emoji").sd), "embedded zoo (emoji)"
     except (ImportError, FileNotFoundError, AttributeError):
         from diffrl.models.tiny import build_tiny_sd
 
