@@ -106,6 +106,14 @@ def test_lora_output_loads_with_load_lora_weights(tiny_sd_path: Path, instance_d
     assert torch.isfinite(tuned).all() and not torch.allclose(base, tuned)
 
 
+def test_bf16_run_follows_a_full_precision_run_in_one_process(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    train(config(tiny_sd_path, instance_dir, tmp_path / "fp32"))
+    trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "bf16", mixed_precision="bf16"))
+    assert trainer.accelerator.mixed_precision == "bf16"
+    result = trainer.train()
+    assert result.step == 1 and np.isfinite(result.history[0]["loss_actor"])
+
+
 # ------------------------------------------------------------------ two processes
 LAUNCHED = """
 import hashlib, sys

@@ -64,7 +64,9 @@ def build_loss(config: TrainConfig, context: TrainingContext) -> nn.Module:
         backprop = objectives.RewardBackpropConfig(prior_weight=prior_weight)
         return objectives.RewardBackpropLoss(sampling, actor, backprop, reference_env=reference, text_encoder=text_encoder)
     critic = QCritic(reference.latent_shape, components.text_encoder.config.hidden_size, lookforward_features=True)
-    dpg = objectives.DPGConfig(gamma=config.gamma, lam=config.lam, bootstrap=config.method == "dpg", prior_weight=prior_weight)
+    dpg = objectives.DPGConfig(
+        gamma=config.gamma, lam=config.lam, bootstrap=config.method == "dpg", prior_weight=prior_weight, reward_scale=config.reward_scale
+    )
     actor = UNetActor(components.unet, guidance_scale=1.0)
     return objectives.DPGLoss(reference, actor, critic.to(components.device), dpg, text_encoder=text_encoder)
 

@@ -33,6 +33,7 @@ class TrainConfig:
         method: "dpg", "one_step" (DPG without bootstrapping), "dreambooth" or "reward_backprop".
         rewards: reward name -> weight, names in `REWARDS` (used by "dpg", "one_step", "reward_backprop").
         dino_weights, dino_arch, dino_kwargs: the DINO encoder of the "dino" reward (timm name, weights file, kwargs).
+        reward_scale: multiplies the reward in DPG's critic target.
         gamma, lam: DPG's discount and the weight of -Q(s, mu(s)) in its actor loss.
         num_inference_steps: length of the training schedule of the loss's `DenoisingEnv`.
         lr_actor, lr_critic, lr_warmup_steps: AdamW learning rates and linear warm-up.
@@ -63,6 +64,7 @@ class TrainConfig:
     dino_weights: str | None = None
     dino_arch: str = "vit_small_patch16_224.dino"
     dino_kwargs: dict[str, Any] = field(default_factory=dict)
+    reward_scale: float = 1.0
     gamma: float = 0.9986
     lam: float = 1.0
     num_inference_steps: int = 1000
@@ -126,6 +128,12 @@ class TrainConfig:
             raise ConfigError(f"Unknown reward(s) {unknown}; choose from {list(REWARDS)}.")
         if self.uses_rewards and not any(w != 0 for w in self.rewards.values()):
             raise ConfigError(f"method {self.method!r} needs at least one reward with a non-zero weight in `rewards`.")
+
+        if self.method == "reward_backprop" and self.rewards.get("lookforward", 0) != 0:
+            raise ConfigError(
+                "method 'reward_backprop' samples from noise, where the 'lookforward' reward has no reference x0; "
+                "use rewards={'dino': 1.0} (or method 'dpg')."
+            )
 
     @property
     def uses_rewards(self) -> bool:

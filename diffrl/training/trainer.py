@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 from tensordict import TensorDict
 from torch import Tensor, nn
@@ -52,6 +53,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An `Accelerator`; on a machine without CUDA, ``cpu=True`` makes ``accelerate launch --multi_gpu`` run gloo on CPU.
+
+    Accelerate keeps one global state per process; when an earlier run in this process chose another precision, that
+    state (not the distributed process group) is reset so that runs with different settings can follow each other.
+    """
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
 class Trainer:
     """Personalize a diffusion model with one `DiffusionLoss` (trainer interface in DESIGN.md / diffrl.objectives).
 
@@ -73,8 +86,7 @@ class Trainer:
         components: SDComponents | None = None,
     ) -> None:
         self.config = config
-        # cpu=True on a machine without CUDA makes `accelerate launch --multi_gpu` (torchrun) run gloo on CPU
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         check_identifier(config.instance_prompt, config.identifier)
         instance_paths = list_images(config.instance_dir)  # fail fast, before loading the model
