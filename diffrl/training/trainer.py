@@ -103,13 +103,14 @@ class Trainer:
         self.loss = loss_factory(config, context)
         self.actor_params = list(self.loss.actor_parameters())  # includes the text encoder's when it is trained
         self.critic_params = list(self.loss.critic_parameters())
-        self.optimizers = {"actor": AdamW(self.actor_params, lr=config.lr_actor)}
-        if self.critic_params:
-            self.optimizers["critic"] = AdamW(self.critic_params, lr=config.lr_critic)
+        self.param_groups = {"actor": self.actor_params, "critic": self.critic_params}
+        # one AdamW, one parameter group per role with its own learning rate: one fp16 grad-scaler step per update
+        lrs = {"actor": config.lr_actor, "critic": config.lr_critic}
+        groups = [{"params": params, "lr": lrs[name], "name": name} for name, params in self.param_groups.items() if params]
+        optimizer = AdamW(groups)
         warmup = max(config.lr_warmup_steps, 1)
-        self.schedulers = {name: LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup)) for name, opt in self.optimizers.items()}
-        prepared = self.accelerator.prepare(*self.optimizers.values())
-        self.optimizers = dict(zip(self.optimizers, prepared if isinstance(prepared, tuple) else (prepared,)))
+        self.scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.optimizer = self.accelerator.prepare(optimizer)
         self.generators = find_generators(self.loss)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -206,14 +207,14 @@ class Trainer:
                 return logs
         self.accelerator.backward(total)
         self._average_gradients()
-        clip = self.config.grad_clip
-        for name, params in (("actor", self.actor_params), ("critic", self.critic_params)):
-            if clip is not None and params:
-                logs[f"grad_norm_{name}"] = float(self.accelerator.clip_grad_norm_(params, clip))
-        for name, optimizer in self.optimizers.items():
-            optimizer.step()
-            self.schedulers[name].step()
-            optimizer.zero_grad(set_to_none=True)
+        if self.config.grad_clip is not None:
+            self.accelerator.unscale_gradients(self.optimizer)  # once (fp16), then clip actor and critic separately
+            for name, params in self.param_groups.items():
+                if params:
+                    logs[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
         if getattr(self.loss, "target_updater", None) is not None:
             self.loss.target_updater.step()
         return logs
@@ -225,8 +226,7 @@ class Trainer:
         if self.config.nonfinite == "raise":
             raise NonFiniteLossError(f"{message} Lower the learning rate, enable grad_clip, or set nonfinite='skip'.")
         warnings.warn(f"{message} Skipping this optimizer step (nonfinite='skip').", RuntimeWarning, stacklevel=3)
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         logs["skipped"] = 1.0
         return True
 
@@ -320,8 +320,8 @@ class Trainer:
         }
         rng = gather_object([capture_rng(self.generators)]) if self.world > 1 else [capture_rng(self.generators)]
         states = {
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "schedulers": {name: sched.state_dict() for name, sched in self.schedulers.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "rng": {"ranks": rng},
         }
         images_seen = self.step * self.config.batch_size * self.world
@@ -356,9 +356,8 @@ class Trainer:
         result = self.loss.load_state_dict(checkpoint.tensors["loss"], strict=False)
         if result.unexpected_keys:
             raise ValueError(f"Checkpoint '{path}' has loss-module entries this run lacks: {result.unexpected_keys[:5]}; was the method changed?")
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(checkpoint.states["optimizers"][name])
-            self.schedulers[name].load_state_dict(checkpoint.states["schedulers"][name])
+        self.optimizer.load_state_dict(checkpoint.states["optimizer"])
+        self.scheduler.load_state_dict(checkpoint.states["scheduler"])
         restore_rng(checkpoint.states["rng"]["ranks"][self.rank], self.generators)
         self.step = checkpoint.step
         self.last_checkpoint = Path(path)
