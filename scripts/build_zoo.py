@@ -2,7 +2,7 @@
 """Rebuild every weight of the emoji zoo from scratch (seeded), stage by stage, and write the model card.
 
     python scripts/build_zoo.py                      # all stages
-    python scripts/build_zoo.py --stage clip         # one stage: clip|vae|unet|dino|dino_eval|subjects|eval|card
+    python scripts/build_zoo.py --stage clip         # one stage: clip|clip_vision|vae|vae_decoder|unet|dino|dino_eval|subjects|eval|card
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from diffrl.zoo.training.common import log, stage_timer, world_data  # noqa: E40
 
 OUT = ROOT / "diffrl" / "zoo" / "weights" / "emoji"
 CACHE = ROOT / "build" / "zoo"
-STAGES = ("clip", "vae", "unet", "dino", "dino_eval", "subjects", "eval", "card")
+STAGES = ("clip", "clip_vision", "vae", "vae_decoder", "unet", "dino", "dino_eval", "subjects", "eval", "card")
 
 
-def run_stage(stage: str, threads: int) -> None:
+def run_stage(stage: str, threads: int, budget_min: float | None = None) -> None:
     torch.set_num_threads(threads)
     record_path = CACHE / f"record_{stage}.json"
     record: dict = {}
@@ -34,22 +34,31 @@ def run_stage(stage: str, threads: int) -> None:
             from diffrl.zoo.training.clip import train_clip
 
             record[stage].update(train_clip(world_data(CACHE), OUT / "clip"))
+        elif stage == "clip_vision":
+            from diffrl.zoo.training.clip import refine_clip_vision
+
+            record[stage].update(refine_clip_vision(world_data(CACHE), OUT / "clip"))
         elif stage == "vae":
             from diffrl.zoo.training.vae import train_vae
 
             record[stage].update(train_vae(world_data(CACHE), OUT / "sd"))
-        elif stage == "unet":
-            from diffrl.zoo.training.unet import train_unet
+        elif stage == "vae_decoder":
+            from diffrl.zoo.training.vae import refine_decoder
 
-            record[stage].update(train_unet(world_data(CACHE), OUT / "sd", OUT / "clip"))
+            record[stage].update(refine_decoder(world_data(CACHE), OUT / "sd"))
+        elif stage == "unet":
+            from diffrl.zoo.training.unet import UNetTrainConfig, train_unet
+
+            cfg = UNetTrainConfig(time_budget_s=60 * budget_min if budget_min else None)
+            record[stage].update(train_unet(world_data(CACHE), OUT / "sd", OUT / "clip", cfg))
         elif stage == "dino":
             from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 
-            record[stage].update(train_dino(world_data(CACHE), OUT / "dino", DINOTrainConfig(seed=0)))
+            record[stage].update(train_dino(OUT / "dino", DINOTrainConfig(seed=0)))
         elif stage == "dino_eval":
             from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 
-            record[stage].update(train_dino(world_data(CACHE), OUT / "dino_eval", DINOTrainConfig(seed=1)))
+            record[stage].update(train_dino(OUT / "dino_eval", DINOTrainConfig(seed=1)))
         elif stage == "subjects":
             from diffrl.zoo.subjects import write_subjects
 
@@ -70,11 +79,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=STAGES + ("all",), default="all")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--unet-budget-min", type=float, default=None,
+                    help="stop UNet training after this many minutes (LR schedule follows elapsed time)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     for stage in STAGES if args.stage == "all" else (args.stage,):
-        run_stage(stage, args.threads)
+        run_stage(stage, args.threads, args.unet_budget_min)
 
 
 if __name__ == "__main__":

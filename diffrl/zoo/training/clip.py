@@ -28,6 +28,8 @@ class CLIPTrainConfig:
     batch: int = 96
     lr: float = 1e-3
     train_text_len: int = 16  # captions are short: train on the first 16 positions (77 at inference)
+    vision_steps: int = 600  # second stage: vision tower only (text tower frozen = the SD text encoder)
+    vision_lr: float = 5e-4
     seed: int = 0
 
 
@@ -47,14 +49,19 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Horizontal flips and, for half of the batch, a blur (robustness to VAE-decoded samples)."""
+def augment(x: torch.Tensor, gen: torch.Generator, strong: bool = False) -> torch.Tensor:
+    """Horizontal flips and, for half of the batch, a 3x3 blur; ``strong`` adds 4x down/up-sampling blur
+    for a quarter of the batch (robustness to VAE-decoded samples)."""
     b = x.shape[0]
     flip = torch.rand(b, generator=gen) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
     blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    sel = torch.rand(b, generator=gen) < 0.5
-    return torch.where(sel.view(b, 1, 1, 1), blur, x)
+    u = torch.rand(b, generator=gen).view(b, 1, 1, 1)
+    out = torch.where(u < 0.5, blur, x)
+    if strong:
+        coarse = F.interpolate(F.interpolate(x, size=16, mode="area"), size=64, mode="bilinear", align_corners=False)
+        out = torch.where(u < 0.25, coarse, out)
+    return out
 
 
 def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
@@ -86,3 +93,45 @@ def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainC
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
     CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(out_dir)
     return {"params": n_params(model), "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.steps}
+
+
+def refine_clip_vision(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
+    """Second CLIP stage: train only the vision tower (+ projection, temperature) against the frozen text tower,
+    with strong blur augmentation. The text tower stays bit-identical to the SD pipeline's text encoder."""
+    gen = seed_all(cfg.seed + 1)
+    model = CLIPModel.from_pretrained(out_dir)
+    tok = CLIPTokenizer.from_pretrained(out_dir)
+    model.requires_grad_(False)
+    params = list(model.vision_model.parameters()) + list(model.visual_projection.parameters()) + [model.logit_scale]
+    for p in params:
+        p.requires_grad_(True)
+    uniq = sorted(set(data.captions))
+    cap_idx = torch.tensor([uniq.index(c) for c in data.captions])
+    with torch.no_grad():
+        ids = tok(uniq, padding="max_length", max_length=cfg.train_text_len, truncation=True, return_tensors="pt")
+        txt = model.get_text_features(**ids)
+        txt = F.normalize(txt if isinstance(txt, torch.Tensor) else txt.pooler_output, dim=-1)
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.1)
+    n, losses = len(data.images), []
+    model.train()
+    for step in range(cfg.vision_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.vision_steps, cfg.vision_lr, warmup=20)
+        idx = torch.randint(n, (cfg.batch,), generator=gen)
+        img = model.get_image_features(pixel_values=normalize(augment(data.tensor(idx.numpy()), gen, strong=True)))
+        img = F.normalize(img if isinstance(img, torch.Tensor) else img.pooler_output, dim=-1)
+        c = cap_idx[idx]
+        logits = model.logit_scale.exp() * img @ txt[c].T
+        same = (c[:, None] == c[None, :]).float()  # identical captions in a batch are all positives
+        loss = 0.5 * (-(same / same.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+                      - (same / same.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == cfg.vision_steps - 1:
+            log.info("clip vision step %d/%d loss %.4f", step, cfg.vision_steps, float(np.mean(losses[-100:])))
+    model.eval()
+    model.save_pretrained(out_dir)
+    return {"final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.vision_steps}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
+from diffrl.zoo.render import render, sample_spec
+from diffrl.zoo.training.common import cosine_lr, log, n_params, seed_all
+from diffrl.zoo.world import CONTEXTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +31,7 @@ class DINOTrainConfig:
     heads: int = 3
     patch: int = 8
     out_dim: int = 512
-    steps: int = 600
+    steps: int = 500
     batch: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.04
@@ -37,7 +39,7 @@ class DINOTrainConfig:
     teacher_temp: float = 0.04
     center_momentum: float = 0.9
     teacher_momentum: tuple[float, float] = field(default=(0.99, 0.999))  # cosine from first to second
-    crop_scale: tuple[float, float] = field(default=(0.3, 1.0))
+    crop_scale: tuple[float, float] = field(default=(0.4, 1.0))
     seed: int = 0
 
     def timm_kwargs(self) -> dict:
@@ -80,24 +82,37 @@ def augment(x: torch.Tensor, gen: torch.Generator, scale: tuple[float, float]) -
     return torch.where(to_gray.view(b, 1, 1, 1), x.mean(1, keepdim=True).expand_as(x), x)
 
 
+def background_swapped_pair(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` fresh pretraining scenes, each rendered twice with the same glyph and pose over two different
+    backgrounds (background augmentation, Ryali et al. 2021; no labels used): two ``[n, 3, 64, 64]`` in [0, 1]."""
+    a, b = [], []
+    contexts = list(CONTEXTS)
+    for _ in range(n):
+        spec = sample_spec(rng)
+        other = contexts[(contexts.index(spec.context) + int(rng.integers(1, len(contexts)))) % len(contexts)]
+        a.append(np.asarray(render(spec)))
+        b.append(np.asarray(render(replace(spec, context=other, seed=int(rng.integers(2**31))))))
+    to_t = lambda x: torch.from_numpy(np.stack(x)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    return to_t(a), to_t(b)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def train_dino(data: WorldData, out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
-    """Train; save the teacher backbone to ``out_dir/model.safetensors`` and timm kwargs to ``out_dir/timm.json``."""
+def train_dino(out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
+    """Train on freshly rendered background-swapped pairs (two augmented global crops); save the teacher backbone to ``out_dir/model.safetensors`` and timm kwargs to ``out_dir/timm.json``."""
     gen = seed_all(cfg.seed)
     backbone = timm.create_model("vit_small_patch16_224", pretrained=False, **cfg.timm_kwargs())
     student = nn.Sequential(backbone, DINOHead(cfg.embed_dim, cfg.out_dim))
     teacher = copy.deepcopy(student).requires_grad_(False)
     center = torch.zeros(cfg.out_dim)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n, losses = len(data.images), []
+    rng, losses = np.random.default_rng(cfg.seed), []
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-        x = data.tensor(torch.randint(n, (cfg.batch,), generator=gen).numpy())
-        views = torch.cat([normalize(augment(x, gen, cfg.crop_scale)) for _ in range(2)])
+        views = torch.cat([normalize(augment(x, gen, cfg.crop_scale)) for x in background_swapped_pair(rng, cfg.batch)])
         s_out = student(views) / cfg.student_temp
         with torch.no_grad():
             t_raw = teacher(views)

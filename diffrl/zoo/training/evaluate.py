@@ -39,15 +39,25 @@ def generate(pipe: StableDiffusionPipeline, prompts: list[str], seed: int, steps
     return torch.cat(out)
 
 
+def _pooled(x) -> torch.Tensor:
+    return F.normalize(x if isinstance(x, torch.Tensor) else x.pooler_output, dim=-1)
+
+
 @torch.no_grad()
-def clip_zero_shot(clip: CLIPModel, tok: CLIPTokenizer, images: torch.Tensor) -> list[str]:
-    """Class noun with the highest image-text similarity to ``"a <class>"`` for each image ``[N, 3, 64, 64]``."""
-    t = clip.get_text_features(**tok([caption(c) for c in CLASSES], padding=True, return_tensors="pt"))
-    v = clip.get_image_features(pixel_values=clip_normalize(images))
-    t = t if isinstance(t, torch.Tensor) else t.pooler_output
-    v = v if isinstance(v, torch.Tensor) else v.pooler_output
-    sims = F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).T
-    return [CLASSES[i] for i in sims.argmax(-1).tolist()]
+def clip_zero_shot(clip: CLIPModel, tok: CLIPTokenizer, images: torch.Tensor, ensemble: bool = False) -> list[str]:
+    """Zero-shot class of each image ``[N, 3, 64, 64]``: the class whose text embedding is most similar.
+
+    Text per class: ``"a <class>"``, or with ``ensemble`` the mean embedding of ``"a <class> <context>"`` over all
+    contexts (CLIP's prompt ensembling).
+    """
+    ctxs = list(CONTEXTS) if ensemble else ["plain"]
+    t = torch.stack([
+        F.normalize(_pooled(clip.get_text_features(**tok([caption(c, x) for x in ctxs], padding=True,
+                                                          return_tensors="pt"))).mean(0), dim=-1)
+        for c in CLASSES
+    ])
+    v = _pooled(clip.get_image_features(pixel_values=clip_normalize(images)))
+    return [CLASSES[i] for i in (v @ t.T).argmax(-1).tolist()]
 
 
 @torch.no_grad()
@@ -85,12 +95,13 @@ def identity_retrieval(model: torch.nn.Module, seed: int = 7, per_subject: int =
     return {"acc": round(acc, 4), "acc_with_distractors": round(acc_d, 4), "queries": len(queries)}
 
 
-def no_leak(pipe: StableDiffusionPipeline, model: torch.nn.Module, n: int = 8, seed: int = 11) -> dict:
-    """DINO similarity of ``"a <class>"`` generations to each subject's references vs. references among themselves."""
+def no_leak(generations: dict[str, torch.Tensor], model: torch.nn.Module) -> dict:
+    """DINO similarity of each subject's ``"a <class>"`` generations ``[n, 3, 64, 64]`` to the subject's
+    references vs. the references' mean pairwise similarity among themselves."""
     out = {}
     for g in SUBJECTS:
         fr = dino_features(model, to_tensor([render(s) for s in reference_specs(g)]))
-        fg = dino_features(model, generate(pipe, [caption(g.noun)] * n, seed))
+        fg = dino_features(model, generations[g.noun])
         rr = fr @ fr.T
         ref_ref = rr[~torch.eye(len(fr), dtype=torch.bool)].mean().item()
         out[g.name] = {"gen_to_ref": round((fg @ fr.T).mean().item(), 4), "ref_to_ref": round(ref_ref, 4)}
@@ -117,26 +128,38 @@ def evaluate_zoo(weights: Path, cache: Path, seed: int = 0, steps: int = 25, gui
     log.info("eval: generating %d images (DDIM %d steps, guidance %.1f)", len(prompts), steps, guidance)
     gen = generate(pipe, prompts, seed, steps, guidance)
     pred_cls = clip_zero_shot(clip, tok, gen)
+    pred_ens = clip_zero_shot(clip, tok, gen, ensemble=True)
     pred_ctx = [classify_context(im) for im in gen]
     class_acc = float(np.mean([p == c for p, (c, _) in zip(pred_cls, pairs)]))
+    ens_acc = float(np.mean([p == c for p, (c, _) in zip(pred_ens, pairs)]))
     ctx_acc = float(np.mean([p == x for p, (_, x) in zip(pred_ctx, pairs)]))
     rng = np.random.default_rng(seed + 1)
     real_specs = [sample_spec(rng) for _ in range(256)]
-    real_pred = clip_zero_shot(clip, tok, to_tensor([render(s) for s in real_specs]))
-    real_acc = float(np.mean([p == s.glyph.noun for p, s in zip(real_pred, real_specs)]))
+    real = to_tensor([render(s) for s in real_specs])
+    real_acc = float(np.mean([p == s.glyph.noun for p, s in zip(clip_zero_shot(clip, tok, real), real_specs)]))
+    with torch.no_grad():
+        rec = (pipe.vae.decode(pipe.vae.encode(real * 2 - 1).latent_dist.mode()).sample.clamp(-1, 1) + 1) / 2
+    rec_acc = float(np.mean([p == s.glyph.noun for p, s in zip(clip_zero_shot(clip, tok, rec), real_specs)]))
+    rec_ctx = float(np.mean([classify_context(im) == s.context for im, s in zip(rec, real_specs)]))
     per_class = {c: round(float(np.mean([p == c for p, (cc, _) in zip(pred_cls, pairs) if cc == c])), 3) for c in CLASSES}
     idx = torch.tensor([i for i, (_, x) in enumerate(pairs) if x in contexts[:4]][:64])
     save_grid(gen[idx], weights / "samples.png")
     record = {
         "sampler": {"scheduler": "DDIM", "steps": steps, "guidance": guidance, "n": len(prompts)},
-        "prompt_following": {"clip_class_acc": round(class_acc, 4), "context_acc": round(ctx_acc, 4),
-                             "clip_class_acc_on_real_renders": round(real_acc, 4), "per_class": per_class},
+        "prompt_following": {"clip_class_acc": round(class_acc, 4), "clip_class_acc_ensemble": round(ens_acc, 4),
+                             "context_acc": round(ctx_acc, 4), "per_class": per_class},
+        "references": {"clip_class_acc_real_renders": round(real_acc, 4),
+                       "clip_class_acc_vae_reconstructions": round(rec_acc, 4),
+                       "context_acc_vae_reconstructions": round(rec_ctx, 4), "n": len(real_specs)},
     }
     dinos = {"dino": DINOSpec.from_dir(weights / "dino"), "dino_eval": DINOSpec.from_dir(weights / "dino_eval")}
     models = {k: v.create() for k, v in dinos.items()}
     torch.manual_seed(0)
     models["random_init"] = timm.create_model("vit_small_patch16_224", pretrained=False, **dinos["dino"].kwargs).eval()
     record["identity"] = {k: identity_retrieval(m) for k, m in models.items()}
-    record["no_leak"] = {k: no_leak(pipe, models[k], seed=seed + 11) for k in ("dino", "dino_eval")}
+    nouns = sorted({g.noun for g in SUBJECTS})
+    gens = generate(pipe, [caption(c) for c in nouns for _ in range(8)], seed + 11, steps, guidance)
+    per_noun = dict(zip(nouns, gens.split(8)))
+    record["no_leak"] = {k: no_leak(per_noun, models[k]) for k in ("dino", "dino_eval")}
     log.info("eval: %s", record)
     return record

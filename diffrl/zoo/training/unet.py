@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +24,15 @@ SD_SCHEDULER = dict(
 
 @dataclass
 class UNetTrainConfig:
-    channels: tuple[int, ...] = (64, 128, 128)
+    channels: tuple[int, ...] = (32, 64, 64)
     heads: int = 4
-    steps: int = 5000
-    batch: int = 128
+    steps: int = 6000
+    batch: int = 64
     lr: float = 1e-3
     ema: float = 0.999
     cfg_dropout: float = 0.1  # fraction of empty captions, enables classifier-free guidance
+    max_images: int = 16000  # pretraining scenes encoded to latents
+    time_budget_s: float | None = None  # stop early when exceeded (the LR schedule follows elapsed time too)
     seed: int = 0
 
 
@@ -45,7 +49,7 @@ def text_encoder_from_clip(clip_dir: Path) -> tuple[CLIPTextModel, CLIPTokenizer
     """The tiny CLIP's text tower as a standalone ``CLIPTextModel`` (frozen, eval mode) and its tokenizer."""
     clip = CLIPModel.from_pretrained(clip_dir)
     text = CLIPTextModel(clip.config.text_config)
-    text.text_model.load_state_dict(clip.text_model.state_dict())
+    text.load_state_dict(clip.text_model.state_dict())
     return text.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(clip_dir)
 
 
@@ -72,6 +76,8 @@ def train_unet(data: WorldData, sd_dir: Path, clip_dir: Path, cfg: UNetTrainConf
     gen = seed_all(cfg.seed)
     vae = AutoencoderKL.from_pretrained(sd_dir / "vae").eval()
     text, tok = text_encoder_from_clip(clip_dir)
+    data = WorldData(data.images[: cfg.max_images], *(x[: cfg.max_images] for x in
+                     (data.captions, data.nouns, data.glyphs, data.contexts)))
     log.info("encoding %d images to latents", len(data.images))
     mean, std = encode_latents(vae, data)
     sf = vae.config.scaling_factor
@@ -84,11 +90,16 @@ def train_unet(data: WorldData, sd_dir: Path, clip_dir: Path, cfg: UNetTrainConf
     noise_sched = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"})
     abar = noise_sched.alphas_cumprod
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
-    n, losses = len(data.images), []
+    n, losses, t0 = len(data.images), [], time.time()
     unet.train()
     for step in range(cfg.steps):
+        progress = step / cfg.steps
+        if cfg.time_budget_s:
+            progress = max(progress, (time.time() - t0) / cfg.time_budget_s)
+            if progress >= 1:
+                break
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, warmup=200)
+            g["lr"] = cosine_lr(int(progress * cfg.steps), cfg.steps, cfg.lr, warmup=200)
         idx = torch.randint(n, (cfg.batch,), generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
         c = torch.where(torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout, empty, cap_idx[idx])
@@ -108,10 +119,14 @@ def train_unet(data: WorldData, sd_dir: Path, clip_dir: Path, cfg: UNetTrainConf
         losses.append(loss.item())
         if step % 100 == 0 or step == cfg.steps - 1:
             log.info("unet step %d/%d loss %.4f", step, cfg.steps, float(np.mean(losses[-100:])))
+    vae = AutoencoderKL.from_pretrained(sd_dir / "vae")  # the decoder may have been refined meanwhile
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=tok, unet=ema.eval(), scheduler=DDIMScheduler(**SD_SCHEDULER),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(sd_dir)
+    for f in ("vocab.json", "merges.txt"):  # also keep the classic CLIP BPE files next to tokenizer.json
+        shutil.copy(clip_dir / f, sd_dir / "tokenizer" / f)
     return {"params": n_params(unet), "text_encoder_params": n_params(text),
-            "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.steps}
+            "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": len(losses), "batch": cfg.batch,
+            "max_steps": cfg.steps, "time_budget_s": cfg.time_budget_s, "latent_images": n}

@@ -17,13 +17,15 @@ from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed
 class VAETrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels -> downsampling x8
     latent_channels: int = 4
-    steps: int = 2000
+    steps: int = 1400
     batch: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     kl_weight: float = 1e-6
     grad_weight: float = 0.5  # L1 on image gradients: sharper edges than plain L1
     crop: int = 32  # train on random crops (4x cheaper; the VAE is convolutional) ...
     full_res_frac: float = 0.1  # ... except for the last 10% of steps, at full 64x64
+    decoder_steps: int = 800  # second stage: decoder-only refinement at 64x64 (latent space unchanged)
+    decoder_lr: float = 1e-3
     seed: int = 0
 
 
@@ -34,6 +36,12 @@ def make_vae(cfg: VAETrainConfig) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         layers_per_block=1, norm_num_groups=8, sample_size=64,
     )
+
+
+def _recon_loss(rec: torch.Tensor, x: torch.Tensor, grad_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 + grad_weight * gradient-L1, L1) between images in [-1, 1]."""
+    l1 = (rec - x).abs().mean()
+    return l1 + grad_weight * sum((a - b).abs().mean() for a, b in zip(_grads(rec), _grads(x))), l1
 
 
 def _grads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,11 +70,9 @@ def train_vae(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrainConfi
             i, j = torch.randint(64 - cfg.crop + 1, (2,), generator=gen).tolist()
             x = x[..., i : i + cfg.crop, j : j + cfg.crop]
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=gen)).sample
-        l1 = (rec - x).abs().mean()
-        gl = sum((a - b).abs().mean() for a, b in zip(_grads(rec), _grads(x)))
+        rec_loss, l1 = _recon_loss(vae.decode(post.sample(generator=gen)).sample, x, cfg.grad_weight)
         kl = post.kl().mean()
-        loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
+        loss = rec_loss + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -78,9 +84,44 @@ def train_vae(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrainConfi
     std = latent_std(vae, data)
     vae.register_to_config(scaling_factor=1.0 / std)
     vae.save_pretrained(sd_dir / "vae")
-    with torch.no_grad():
-        x = data.tensor(np.arange(n - 512, n)) * 2 - 1
-        mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x).item() / 4  # in [0,1] units
     return {"params": n_params(vae), "final_l1": round(float(np.mean(losses[-100:])), 4),
             "latent_std": round(std, 4), "scaling_factor": round(1.0 / std, 4),
-            "recon_psnr_db": round(float(10 * np.log10(1.0 / mse)), 2), "steps": cfg.steps}
+            "recon_psnr_db": recon_psnr(vae, data), "steps": cfg.steps}
+
+
+@torch.no_grad()
+def recon_psnr(vae: AutoencoderKL, data: WorldData, n: int = 512) -> float:
+    """PSNR (dB, images in [0, 1]) of mode reconstructions of the last ``n`` images."""
+    x = data.tensor(np.arange(len(data.images) - n, len(data.images))) * 2 - 1
+    mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x).item() / 4
+    return round(float(10 * np.log10(1.0 / mse)), 2)
+
+
+def refine_decoder(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrainConfig()) -> dict:
+    """Second VAE stage: train only the decoder (frozen encoder, so latents and ``scaling_factor`` stay fixed)."""
+    gen = seed_all(cfg.seed + 1)
+    vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
+    vae.requires_grad_(False)
+    dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in dec:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(dec, lr=cfg.decoder_lr, weight_decay=0.0)
+    n, losses = len(data.images), []
+    for step in range(cfg.decoder_steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.decoder_steps, cfg.decoder_lr, warmup=20)
+        x = data.tensor(torch.randint(n, (cfg.batch,), generator=gen).numpy()) * 2 - 1
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=gen)
+        loss, l1 = _recon_loss(vae.decode(z).sample, x, cfg.grad_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec, 1.0)
+        opt.step()
+        losses.append(l1.item())
+        if step % 100 == 0 or step == cfg.decoder_steps - 1:
+            log.info("vae decoder step %d/%d l1 %.4f", step, cfg.decoder_steps, float(np.mean(losses[-100:])))
+    vae.eval()
+    vae.save_pretrained(sd_dir / "vae")
+    return {"final_l1": round(float(np.mean(losses[-100:])), 4), "recon_psnr_db": recon_psnr(vae, data),
+            "steps": cfg.decoder_steps}
