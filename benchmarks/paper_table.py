@@ -1,0 +1,384 @@
+"""The DreamBench table of the DPG paper on the embedded emoji zoo: every method, several seeds, one budget.
+
+Personalises the zoo's Stable-Diffusion-format model on each subject with DreamBooth, DPG + DINO, DPG + look-forward,
+the one-step regressor (DPG without bootstrapping, look-forward + DINO rewards) and direct reward backprop (DINO),
+all with the same steps, learning rate and seeds; scores every model with the DreamBench protocol
+(`diffrl.evaluation.evaluate`) with the zoo's DINO (the training reward's encoder), its CLIP and the held-out DINO
+(another seed, seen by no reward); then writes ``table.md``, ``table.json`` and ``table.png`` to ``--out``.
+
+    python benchmarks/paper_table.py --quick --out runs/paper_quick      # a few-minute smoke configuration
+    python benchmarks/paper_table.py --out runs/paper_table              # the default (full) configuration
+    python benchmarks/paper_table.py --tiny --quick --out /tmp/pt        # tiny RANDOM models: meaningless numbers
+
+Runs live in ``OUT/runs/<method>/<subject>/seed<k>`` (the model in ``model/``, its evaluation in ``eval/``); a run
+whose model and report exist is skipped, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported
+
+import torch  # noqa: E402
+
+from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, evaluate, load_dreambench  # noqa: E402
+from diffrl.zoo.registry import SUBJECTS_ROOT  # noqa: E402
+
+METRICS = ("DINO", "CLIP-I", "CLIP-T", "DINO (held-out)")
+BASE = "base"
+REFERENCE = "dreambooth"
+PAPER = {"DINO": "+6.3%", "CLIP-I": "+4.6%", "CLIP-T": "-0.013"}  # DPG vs DreamBooth in the paper (arXiv 2407.06642)
+
+
+def method_settings(weight: float) -> dict[str, dict]:
+    """Table row -> the `TrainConfig` fields that define it (everything else is shared)."""
+    return {
+        "dreambooth": dict(method="dreambooth"),
+        "dpg_dino": dict(method="dpg", rewards={"dino": weight}),
+        "dpg_lookforward": dict(method="dpg", rewards={"lookforward": weight}),
+        "one_step": dict(method="one_step", rewards={"lookforward": weight, "dino": weight}),
+        "reward_backprop": dict(method="reward_backprop", rewards={"dino": weight}),
+    }
+
+
+@dataclass
+class PaperTableConfig:
+    """One benchmark: which subjects, seeds and methods, the shared training budget and the evaluation subset."""
+
+    out: Path
+    subjects: int = 5
+    seeds: int = 3
+    steps: int = 60
+    methods: tuple[str, ...] = tuple(method_settings(1.0))
+    reward_weight: float = 1.0
+    lr_actor: float = 1e-4
+    batch_size: int = 1
+    num_class_images: int = 0
+    prompts_per_subject: int = 6
+    images_per_prompt: int = 2
+    eval_steps: int = 25
+    guidance_scale: float = 7.5
+    threads: int = 1  # more threads than free cores is very slow on a shared CPU (spin-waiting)
+    tiny: bool = False
+    models: dict[str, str] = field(default_factory=dict)  # filled by `prepare_models`: sd, dino, dino_eval, clip, ...
+
+    def evaluation(self) -> EvaluationConfig:
+        return EvaluationConfig(
+            images_per_prompt=self.images_per_prompt,
+            num_inference_steps=self.eval_steps,
+            guidance_scale=self.guidance_scale,
+            prompts_per_subject=self.prompts_per_subject,
+        )
+
+    def budget(self) -> dict:
+        """The settings that define the numbers (stated in the table's header and JSON)."""
+        skip = {"out", "threads", "models"}
+        budget = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        return {**budget, "methods": list(self.methods)}
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def prepare_models(config: PaperTableConfig) -> None:
+    """Fill ``config.models`` with the zoo's paths or, with ``tiny``, freshly written tiny random models."""
+    if config.tiny:
+        from diffrl.models.tiny import build_tiny_clip, build_tiny_dino, build_tiny_sd
+
+        print("!! --tiny: tiny RANDOM models; the numbers below are MEANINGLESS (a smoke run of the script only).")
+        root = config.out / "tiny_models"
+        dino, kwargs = build_tiny_dino(root / "dino.safetensors", seed=0)
+        dino_eval, _ = build_tiny_dino(root / "dino_eval.safetensors", seed=1)
+        config.models = dict(
+            sd=str(build_tiny_sd(root / "sd")), clip=str(build_tiny_clip(root / "clip")), dino=str(dino),
+            dino_eval=str(dino_eval), dino_arch="vit_small_patch16_224.dino", dino_kwargs=json.dumps(kwargs),
+        )
+        return
+    from diffrl.zoo.registry import load
+
+    zoo = load("emoji")
+    kwargs = {k: v for k, v in zoo.dino.kwargs.items() if k != "num_classes"}  # DINOEncoder sets num_classes=0
+    config.models = dict(
+        sd=str(zoo.sd), clip=str(zoo.clip), dino=str(zoo.dino.file), dino_eval=str(zoo.dino_eval.file),
+        dino_arch=zoo.dino.model_name, dino_kwargs=json.dumps(kwargs),
+    )
+
+
+def make_encoders(config: PaperTableConfig) -> EvaluationEncoders:
+    """The training reward's DINO, CLIP and the held-out DINO (built like the trainer builds its DINO reward)."""
+    from diffrl.models.encoders import CLIPEncoder, DINOEncoder
+
+    m = config.models
+    kwargs = json.loads(m["dino_kwargs"])
+    return EvaluationEncoders(
+        dino=DINOEncoder.from_pretrained(m["dino_arch"], weights=m["dino"], **kwargs),
+        clip=CLIPEncoder.from_pretrained(m["clip"]),
+        heldout_dino=[DINOEncoder.from_pretrained(m["dino_arch"], weights=m["dino_eval"], **kwargs)],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+
+
+def run_dir(config: PaperTableConfig, method: str, subject: Subject | None, seed: int) -> Path:
+    if method == BASE:
+        return config.out / "runs" / BASE
+    return config.out / "runs" / method / subject.name / f"seed{seed}"
+
+
+def train_one(config: PaperTableConfig, method: str, subject: Subject, seed: int) -> Path:
+    """Personalise on ``subject`` with ``method`` and ``seed``; return the model folder (reused when it exists)."""
+    from diffrl.training import TrainConfig, train
+
+    out = run_dir(config, method, subject, seed)
+    model_dir = out / "model"
+    if (model_dir / "model_index.json").is_file():
+        return model_dir
+    m = config.models
+    train_config = TrainConfig(
+        pretrained=m["sd"],
+        instance_dir=str(Path(subject.image_paths[0]).parent),
+        instance_prompt=subject.instance_prompt,
+        class_prompt=f"a {subject.class_noun}",
+        class_dir=str(config.out / "class_images" / subject.name),
+        num_class_images=config.num_class_images,
+        identifier=subject.identifier,
+        output_dir=str(out),
+        dino_weights=m["dino"],
+        dino_arch=m["dino_arch"],
+        dino_kwargs=json.loads(m["dino_kwargs"]),
+        max_steps=config.steps,
+        lr_actor=config.lr_actor,
+        batch_size=config.batch_size,
+        guidance_scale=config.guidance_scale,
+        seed=seed,
+        **method_settings(config.reward_weight)[method],
+    )
+    result = train(train_config)
+    return Path(result.model_dir)
+
+
+def evaluate_one(
+    config: PaperTableConfig, model: str | Path, subjects: list[Subject], out: Path, encoders: EvaluationEncoders
+) -> dict[str, dict[str, float]]:
+    """DreamBench scores of ``model``: subject -> metric -> mean over its images; read back when the report exists."""
+    from diffrl.models import load_sd_components
+
+    report = out / "report.json"
+    if not report.is_file():
+        evaluate(load_sd_components(model), subjects, encoders, config.evaluation(), out, overwrite=True)
+    return {s["name"]: s["means"] for s in json.loads(report.read_text())["subjects"]}
+
+
+# ---------------------------------------------------------------------------------------------------- table
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> dict:
+    """``results[method][seed][subject] -> scores`` -> per method: each seed's subject mean, then mean/std over seeds,
+    and the change of the means vs DreamBooth (relative % for image metrics, absolute for CLIP-T, as in the paper)."""
+    rows: dict[str, dict] = {}
+    for method, by_seed in results.items():
+        per_seed = {m: [statistics.fmean(s[m] for s in subj.values()) for subj in by_seed.values()] for m in METRICS}
+        rows[method] = {"runs": sum(len(subj) for subj in by_seed.values()), "seeds": len(by_seed),
+                        **{m: mean_std(v) for m, v in per_seed.items()}}
+    reference = rows.get(REFERENCE)
+    for row in rows.values():
+        if reference is not None:
+            row["vs_dreambooth"] = {m: change(m, row[m]["mean"], reference[m]["mean"]) for m in METRICS}
+    return rows
+
+
+def change(metric: str, value: float, reference: float) -> float:
+    """CLIP-T: absolute difference; image metrics: relative change in percent."""
+    if metric == "CLIP-T":
+        return value - reference
+    return 100.0 * (value - reference) / abs(reference) if reference else math.nan
+
+
+def format_change(metric: str, value: float) -> str:
+    return f"{value:+.4f}" if metric == "CLIP-T" else f"{value:+.1f}%"
+
+
+def to_markdown(config: PaperTableConfig, rows: dict, subjects: list[Subject]) -> str:
+    b = config.budget()
+    lines = [
+        "# DreamBench table on the emoji zoo" + (" (TINY RANDOM MODELS: MEANINGLESS NUMBERS)" if config.tiny else ""),
+        "",
+        f"- subjects ({len(subjects)}): {', '.join(s.name for s in subjects)}",
+        f"- seeds: {config.seeds} (0..{config.seeds - 1}); mean ± std over seeds of the per-seed subject mean",
+        f"- training: {b['steps']} steps, batch {b['batch_size']}, lr {b['lr_actor']}, reward weight {b['reward_weight']}, "
+        f"class images {b['num_class_images']}",
+        f"- evaluation: {b['prompts_per_subject']} prompts/subject x {b['images_per_prompt']} images/prompt, "
+        f"{b['eval_steps']} DDIM steps, guidance {b['guidance_scale']}; DINO = the training reward's encoder, "
+        "DINO (held-out) = the zoo's second DINO (seed 1)",
+        "- methods: dreambooth; dpg_dino = DPG {dino}; dpg_lookforward = DPG {lookforward}; one_step = DPG without "
+        "bootstrap {lookforward, dino}; reward_backprop = direct backprop of {dino}; base = the zoo model, not personalised",
+        f"- change vs DreamBooth: relative for DINO / CLIP-I / held-out DINO, absolute for CLIP-T "
+        f"(paper, DPG vs DreamBooth: DINO {PAPER['DINO']}, CLIP-I {PAPER['CLIP-I']}, CLIP-T {PAPER['CLIP-T']})",
+        "",
+        "| method | runs | " + " | ".join(METRICS) + " | " + " | ".join(f"Δ {m}" for m in METRICS) + " |",
+        "| --- " * (2 + 2 * len(METRICS)) + "|",
+    ]
+    for method, row in rows.items():
+        scores = [f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in METRICS]
+        deltas = [format_change(m, row["vs_dreambooth"][m]) if "vs_dreambooth" in row else "" for m in METRICS]
+        lines.append(f"| {method} | {row['runs']} | " + " | ".join(scores + deltas) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict, path: Path) -> None:
+    """One panel per metric, one bar per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(rows)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
+    for ax, metric in zip(axes, METRICS):
+        means = [rows[m][metric]["mean"] for m in methods]
+        ax.bar(range(len(methods)), means, yerr=[rows[m][metric]["std"] for m in methods], capsize=3,
+               color=[f"C{i}" for i in range(len(methods))])
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+        low, high = min(means), max(means)
+        ax.set_ylim(low - 0.5 * (high - low + 1e-3), high + 0.5 * (high - low + 1e-3))
+        ax.set_title(metric)
+    fig.tight_layout()
+    write_atomic(path, lambda temp: fig.savefig(temp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_table(config: PaperTableConfig, results: dict, subjects: list[Subject]) -> dict:
+    """``table.json``, ``table.md`` and ``table.png`` in ``config.out`` (each atomically); returns the rows."""
+    rows = summarise(results)
+    payload = {"budget": config.budget(), "subjects": [s.name for s in subjects], "paper_dpg_vs_dreambooth": PAPER,
+               "rows": rows, "runs": results}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_atomic(config.out / "table.json", lambda temp: temp.write_text(text))
+    write_atomic(config.out / "table.md", lambda temp: temp.write_text(to_markdown(config, rows, subjects)))
+    plot(rows, config.out / "table.png")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+class Clock:
+    """Seconds per finished job (by kind) and an ETA for the jobs left (unknown kinds: the mean of all jobs)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, list[float]] = {}
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.seconds.setdefault(kind, []).append(seconds)
+
+    def eta(self, pending: list[str]) -> float:
+        every = [s for values in self.seconds.values() for s in values]
+        default = statistics.fmean(every) if every else math.nan
+        return sum(statistics.fmean(self.seconds[k]) if k in self.seconds else default for k in pending)
+
+    def summary(self) -> dict:
+        phases = {k: {"jobs": len(v), "total_s": round(sum(v), 1), "mean_s": round(statistics.fmean(v), 1)}
+                  for k, v in self.seconds.items()}
+        return {"wall_s": round(time.perf_counter() - self.start, 1), "phases": phases}
+
+
+def timed(clock: Clock, kind: str, job: Callable[[], object], skipped: bool) -> object:
+    """Run ``job``; record its time under ``kind`` unless it only reads existing results."""
+    start = time.perf_counter()
+    value = job()
+    if not skipped:
+        clock.add(kind, time.perf_counter() - start)
+    return value
+
+
+def run(config: PaperTableConfig) -> dict:
+    """Train and evaluate every (seed, subject, method), writing the table after each; returns the final rows."""
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    config.out.mkdir(parents=True, exist_ok=True)
+    prepare_models(config)
+    subjects = load_dreambench(SUBJECTS_ROOT)[: config.subjects]
+    encoders = make_encoders(config)
+    clock = Clock()
+    jobs = [(m, s, k) for k in range(config.seeds) for s in subjects for m in config.methods]
+    pending = [f"train {m}" for m, _, _ in jobs] + ["evaluate"] * len(jobs)
+    results: dict = {BASE: {0: {}}}
+    base_out = run_dir(config, BASE, None, 0) / "eval"
+    skipped = (base_out / "report.json").is_file()
+    results[BASE][0] = timed(
+        clock, "evaluate base", lambda: evaluate_one(config, config.models["sd"], subjects, base_out, encoders), skipped
+    )
+    for index, (method, subject, seed) in enumerate(jobs, start=1):
+        out = run_dir(config, method, subject, seed)
+        done = (out / "model" / "model_index.json").is_file()
+        model = timed(clock, f"train {method}", lambda: train_one(config, method, subject, seed), done)
+        pending.remove(f"train {method}")
+        done = (out / "eval" / "report.json").is_file()
+        scores = timed(clock, "evaluate", lambda: evaluate_one(config, model, [subject], out / "eval", encoders), done)
+        pending.remove("evaluate")
+        scores = scores[subject.name]
+        results.setdefault(method, {}).setdefault(seed, {})[subject.name] = scores
+        write_table(config, results, subjects)
+        elapsed = time.perf_counter() - clock.start
+        eta = clock.eta(pending)
+        print(f"[{index}/{len(jobs)}] {method} {subject.name} seed{seed}: DINO {scores['DINO']:.4f} | elapsed "
+              f"{elapsed / 60:.1f} min, ETA {'?' if math.isnan(eta) else f'{eta / 60:.1f}'} min", flush=True)
+    rows = write_table(config, results, subjects)
+    timings = json.dumps(clock.summary(), indent=2) + "\n"
+    write_atomic(config.out / "timings.json", lambda temp: temp.write_text(timings))
+    print(to_markdown(config, rows, subjects))
+    print(f"timings: {timings}table: {config.out / 'table.md'}, {config.out / 'table.json'}, {config.out / 'table.png'}")
+    return rows
+
+
+QUICK = dict(subjects=2, seeds=2, steps=20, prompts_per_subject=3, images_per_prompt=2, eval_steps=25)
+
+
+def parse_args(argv: list[str] | None = None) -> PaperTableConfig:
+    defaults = PaperTableConfig(out=Path("runs/paper_table"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=defaults.out, help="output folder (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help=f"a few-minute smoke configuration: {QUICK}")
+    parser.add_argument("--tiny", action="store_true", help="tiny RANDOM models instead of the zoo (meaningless numbers)")
+    for name in ("subjects", "seeds", "steps", "prompts_per_subject", "images_per_prompt", "eval_steps", "threads",
+                 "num_class_images", "batch_size"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default: {getattr(defaults, name)}")
+    parser.add_argument("--lr-actor", type=float, help=f"default: {defaults.lr_actor}")
+    parser.add_argument("--reward-weight", type=float, help=f"default: {defaults.reward_weight}")
+    parser.add_argument("--methods", nargs="+", choices=defaults.methods, help="default: all")
+    args = vars(parser.parse_args(argv))
+    values = {**(QUICK if args.pop("quick") else {}), **{k: v for k, v in args.items() if v is not None}}
+    if "methods" in values:
+        values["methods"] = tuple(values["methods"])
+    return PaperTableConfig(**values)
+
+
+if __name__ == "__main__":
+    run(parse_args())
