@@ -62,6 +62,7 @@ class PaperTableConfig:
     methods: tuple[str, ...] = tuple(method_settings(1.0))
     reward_weight: float = 1.0
     lr_actor: float = 1e-4
+    lr_critic: float = 1e-4
     batch_size: int = 1
     num_class_images: int = 0
     prompts_per_subject: int = 6
@@ -159,6 +160,7 @@ def train_one(config: PaperTableConfig, method: str, subject: Subject, seed: int
         dino_kwargs=json.loads(m["dino_kwargs"]),
         max_steps=config.steps,
         lr_actor=config.lr_actor,
+        lr_critic=config.lr_critic,
         batch_size=config.batch_size,
         guidance_scale=config.guidance_scale,
         seed=seed,
@@ -221,13 +223,14 @@ def to_markdown(config: PaperTableConfig, rows: dict, subjects: list[Subject]) -
         "",
         f"- subjects ({len(subjects)}): {', '.join(s.name for s in subjects)}",
         f"- seeds: {config.seeds} (0..{config.seeds - 1}); mean ± std over seeds of the per-seed subject mean",
-        f"- training: {b['steps']} steps, batch {b['batch_size']}, lr {b['lr_actor']}, reward weight {b['reward_weight']}, "
-        f"class images {b['num_class_images']}",
+        f"- training: {b['steps']} steps, batch {b['batch_size']}, lr {b['lr_actor']} (critic {b['lr_critic']}), "
+        f"reward weight {b['reward_weight']}, class images {b['num_class_images']}",
         f"- evaluation: {b['prompts_per_subject']} prompts/subject x {b['images_per_prompt']} images/prompt, "
         f"{b['eval_steps']} DDIM steps, guidance {b['guidance_scale']}; DINO = the training reward's encoder, "
         "DINO (held-out) = the zoo's second DINO (seed 1)",
         "- methods: dreambooth; dpg_dino = DPG {dino}; dpg_lookforward = DPG {lookforward}; one_step = DPG without "
-        "bootstrap {lookforward, dino}; reward_backprop = direct backprop of {dino}; base = the zoo model, not personalised",
+        "bootstrap {lookforward, dino}; reward_backprop = direct backprop of {dino} (last step, no DreamBooth term); "
+        "base = the zoo model, not personalised",
         f"- change vs DreamBooth: relative for DINO / CLIP-I / held-out DINO, absolute for CLIP-T "
         f"(paper, DPG vs DreamBooth: DINO {PAPER['DINO']}, CLIP-I {PAPER['CLIP-I']}, CLIP-T {PAPER['CLIP-T']})",
         "",
@@ -371,6 +374,7 @@ def parse_args(argv: list[str] | None = None) -> PaperTableConfig:
                  "num_class_images", "batch_size"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default: {getattr(defaults, name)}")
     parser.add_argument("--lr-actor", type=float, help=f"default: {defaults.lr_actor}")
+    parser.add_argument("--lr-critic", type=float, help=f"DPG's critic (default: {defaults.lr_critic})")
     parser.add_argument("--reward-weight", type=float, help=f"default: {defaults.reward_weight}")
     parser.add_argument("--methods", nargs="+", choices=defaults.methods, help="default: all")
     args = vars(parser.parse_args(argv))
