@@ -31,9 +31,20 @@ def inputs(batch: int = 3, shape=(4, 16, 16), tokens: int = 5, dim: int = 32, se
     return latents, torch.tensor([999, 500, 1])[:batch], torch.randn(batch, tokens, dim, generator=generator), action, x0
 
 
+def test_starts_at_zero_without_action_gradient():
+    critic = QCritic((4, 16, 16), 32)
+    latents, timestep, embeds, action, _ = inputs()
+    action.requires_grad_(True)
+    q = critic(latents, timestep, embeds, action)
+    assert (q == 0).all()
+    (grad,) = torch.autograd.grad(q.sum(), action)
+    assert (grad == 0).all()
+
+
 def test_output_shape_and_dependence_on_every_input():
     torch.manual_seed(0)
     critic = QCritic((4, 16, 16), 32, lookforward_features=True)
+    torch.nn.init.normal_(critic.head[-1].weight)  # as after some training (it starts at zero)
     latents, timestep, embeds, action, x0 = inputs()
     x0_hat = latents - action
     q = critic(latents, timestep, embeds, action, x0_hat=x0_hat, x0=x0)

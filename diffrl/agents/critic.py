@@ -75,6 +75,9 @@ class QCritic(nn.Module):
             for i, (c_in, c_out) in enumerate(zip([in_channels, *widths[:-1]], widths))
         )
         self.head = nn.Sequential(nn.Linear(widths[-1] + cond_dim, 2 * cond_dim), nn.SiLU(), nn.Linear(2 * cond_dim, 1))
+        # Q starts at 0 with no sensitivity to the action: the actor's first gradients are not random directions
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
 
     def forward(
         self,

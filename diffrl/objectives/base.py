@@ -1,0 +1,147 @@
+"""The loss-module interface shared by every fine-tuning method, and the DreamBooth noise-prediction terms."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor, nn
+from torchrl.objectives import LossModule, SoftUpdate
+
+from diffrl.agents.actor import UNetActor
+from diffrl.envs.denoising import DenoisingEnv
+
+INSTANCE_KEYS = ("x0", "prompt_embeds", "negative_prompt_embeds")
+
+
+class DiffusionLoss(LossModule):
+    """Base class of the fine-tuning losses (the trainer's interface).
+
+    ``forward(batch) -> TensorDict`` of scalars: the trainer sums the entries whose key starts with ``"loss_"`` into one
+    backward, every other entry is a detached metric to log. Each ``loss_*`` term moves only its own parameters:
+    ``"loss_actor"`` the actor's (`actor_parameters`), ``"loss_critic"`` the critic's (`critic_parameters`).
+    After each optimizer step the trainer calls ``target_updater.step()`` when it is not ``None``.
+
+    The batch (batch size ``[B]``, B = the environment's batch size):
+        ``"x0"`` ``[B, C, h, w]`` instance latents (VAE-encoded, scaled); ``"prompt_embeds"`` ``[B, L, D]`` (may carry
+        gradients when the text encoder is trained); ``"negative_prompt_embeds"`` ``[B, L, D]``; optionally
+        ``("prior", "x0")`` and ``("prior", "prompt_embeds")`` (class images of the frozen model and the class prompt)
+        for prior preservation.
+
+    Args:
+        env: the `DenoisingEnv` producing the method's transitions. It is used, not owned: it is not a submodule, so
+            the loss's ``state_dict`` holds no reward or VAE weights.
+        actor: the policy; its U-Net is trained (all of it, or the LoRA weights after `diffrl.agents.add_lora`).
+        reference_env: a reference-mode env used to noise ``x0`` for the DreamBooth terms (default: ``env`` when it is
+            in reference mode).
+        text_encoder: the text encoder when it is trained too (its trainable parameters join `actor_parameters`).
+    """
+
+    actor: UNetActor
+    target_updater: SoftUpdate | None = None
+
+    def __init__(
+        self,
+        env: DenoisingEnv,
+        actor: UNetActor,
+        *,
+        reference_env: DenoisingEnv | None = None,
+        text_encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        check_actor(actor)
+        if reference_env is not None and reference_env.config.mode != "reference":
+            raise ValueError(f"reference_env must be in reference mode, got mode={reference_env.config.mode!r}.")
+        self.__dict__["env"] = env
+        self.__dict__["reference_env"] = reference_env or (env if env.config.mode == "reference" else None)
+        self.actor = actor
+        # the unguided conditional prediction eps(x_t, t, y) that the eps-MSE terms regress (shares the U-Net)
+        self.__dict__["regression_actor"] = actor if actor.guidance_scale <= 1 else UNetActor(actor.unet, guidance_scale=1.0)
+        self.text_encoder = text_encoder
+
+    # ------------------------------------------------------------ parameters
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the actor (U-Net or its LoRA weights) and of the text encoder, without duplicates."""
+        modules = [self.actor] + ([self.text_encoder] if self.text_encoder is not None else [])
+        unique = {id(p): p for module in modules for p in module.parameters() if p.requires_grad}
+        return list(unique.values())
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """Trainable critic parameters (empty for critic-free losses)."""
+        return []
+
+    # ----------------------------------------------------------------- batch
+    def check_batch(self, batch: TensorDictBase) -> None:
+        """Raise a clear error when the batch misses a key or has the wrong batch size."""
+        missing = [key for key in INSTANCE_KEYS if key not in batch.keys()]
+        if missing:
+            raise KeyError(f"{type(self).__name__} needs batch keys {list(INSTANCE_KEYS)}; missing {missing}.")
+        if tuple(batch.batch_size) != tuple(self.env.batch_size):
+            raise ValueError(
+                f"batch_size {tuple(batch.batch_size)} does not match the environment's {tuple(self.env.batch_size)}."
+            )
+
+    # -------------------------------------------------- noising, DreamBooth
+    def noised_state(self, x0: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor) -> TensorDictBase:
+        """s_t: ``x0`` noised by the reference env to a random schedule step per sample (its seeded generator)."""
+        env = self._reference_env()
+        given = TensorDict(
+            x0=x0, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, batch_size=env.batch_size
+        )
+        return env.reset(given, set_state=True)
+
+    def true_noise(self, state: TensorDictBase) -> Tensor:
+        """eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t), ``[B, C, h, w]``, the regression target of eps_hat."""
+        latents, x0 = state["latents"], state["x0"]
+        abar = self._reference_env().schedule.abar(state["timestep"]).to(latents).view(-1, *([1] * (latents.ndim - 1)))
+        return (latents - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    def eps_mse(self, state: TensorDictBase) -> Tensor:
+        """Mean squared error between the state's ``"action"`` (eps_hat) and the true noise (the DreamBooth loss)."""
+        return nn.functional.mse_loss(state["action"], self.true_noise(state))
+
+    def prior_mse(self, batch: TensorDictBase) -> Tensor | None:
+        """eps-MSE of the actor on the prior-preservation batch ``batch["prior"]``; ``None`` when there is none."""
+        if "prior" not in batch.keys():
+            return None
+        prior = batch["prior"]
+        negative = prior.get("negative_prompt_embeds", batch["negative_prompt_embeds"])
+        state = self.regression_actor(self.noised_state(prior["x0"], prior["prompt_embeds"], negative))
+        return self.eps_mse(state)
+
+    def _reference_env(self) -> DenoisingEnv:
+        if self.reference_env is None:
+            raise ValueError(f"{type(self).__name__} needs a reference-mode env to noise x0: pass `reference_env`.")
+        return self.reference_env
+
+
+def check_weight(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number >= 0."""
+    if not (value >= 0 and value != float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+
+
+def check_reference_env(env: DenoisingEnv, method: str) -> None:
+    if env.config.mode != "reference":
+        raise ValueError(
+            f"{method} trains on noised reference latents: build its env with DenoisingConfig(mode='reference'), "
+            f"got mode={env.config.mode!r}."
+        )
+
+
+def check_actor(actor: UNetActor) -> None:
+    if not isinstance(actor, UNetActor):
+        raise TypeError(f"actor must be a diffrl.agents.UNetActor, got {type(actor).__name__}.")
+
+
+def check_unguided(actor: UNetActor, method: str) -> None:
+    check_actor(actor)
+    if actor.guidance_scale > 1:
+        raise ValueError(
+            f"{method} regresses the conditional noise prediction: use UNetActor(unet, guidance_scale=1.0), "
+            f"got guidance_scale={actor.guidance_scale}."
+        )
+
+
+def metric(value: Tensor) -> Tensor:
+    """A detached scalar (mean) for logging."""
+    return value.detach().float().mean()

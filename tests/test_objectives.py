@@ -1,0 +1,403 @@
+"""Loss modules: TD target by hand, gradient routing, target updates, one-step equivalence, training, DRaFT-K, errors."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+
+from diffrl.agents import QCritic, UNetActor, add_lora
+from diffrl.envs import DenoisingConfig, DenoisingEnv
+from diffrl.models import SDComponents, load_sd_components
+from diffrl.objectives import (
+    DPGConfig,
+    DPGLoss,
+    DreamBoothConfig,
+    DreamBoothLoss,
+    RewardBackpropConfig,
+    RewardBackpropLoss,
+)
+from diffrl.models.encoders import DINOEncoder
+from diffrl.rewards import DINOReward, LookForwardReward, Reward, RewardInputs
+
+B = 4
+SHAPE = (4, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_sd_path) -> SDComponents:
+    return load_sd_components(tiny_sd_path, scheduler="ddim")
+
+
+@pytest.fixture
+def components(base) -> SDComponents:
+    """The tiny pipeline with a private copy of the U-Net (tests train or add LoRA to it)."""
+    return dataclasses.replace(base, unet=copy.deepcopy(base.unet))
+
+
+def make_env(components, reward=None, steps: int = 10, mode: str = "reference", seed: int = 0, **kwargs) -> DenoisingEnv:
+    config = DenoisingConfig(num_inference_steps=steps, mode=mode, **kwargs)
+    return DenoisingEnv(components, "a sks dog", batch_size=B, config=config, reward=reward, seed=seed)
+
+
+def make_batch(env: DenoisingEnv, prior: bool = False, seed: int = 123) -> TensorDict:
+    generator = torch.Generator().manual_seed(seed)
+    batch = TensorDict(
+        x0=torch.randn(B, *SHAPE, generator=generator),
+        prompt_embeds=env.prompt_embeds,
+        negative_prompt_embeds=env.negative_prompt_embeds,
+        batch_size=[B],
+    )
+    if prior:
+        batch["prior", "x0"] = torch.randn(B, *SHAPE, generator=generator)
+        batch["prior", "prompt_embeds"] = env.prompt_embeds.flip(0)
+    return batch
+
+
+def make_dpg(components, config: DPGConfig, reward=None, lookforward_features: bool = True, seed: int = 0, **env_kwargs):
+    env = make_env(components, reward or LookForwardReward(), seed=seed, **env_kwargs)
+    torch.manual_seed(seed)
+    critic = QCritic(SHAPE, 32, width=8, lookforward_features=lookforward_features)
+    return DPGLoss(env, UNetActor(components.unet, guidance_scale=1.0), critic, config)
+
+
+def perturb_critic(loss: DPGLoss, steps: int = 3) -> None:
+    """Make the (zero-initialised) critic non-trivial and its target differ from it (global torch RNG)."""
+    for _ in range(steps):
+        with torch.no_grad():
+            for p in loss.critic_parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        loss.target_updater.step()
+
+
+# ------------------------------------------------------------------------------------------------------- TD target
+def test_td_target_equals_hand_computation(components):
+    loss = make_dpg(components, DPGConfig(gamma=0.9, reward_scale=2.0, tau=0.3, exploration_std=0.0))
+    perturb_critic(loss)
+    env, batch = loss.env, make_batch(loss.env)
+    last = env.config.num_inference_steps - 1
+    start = batch.select("x0", "prompt_embeds", "negative_prompt_embeds").set("step", torch.tensor([0, last, 4, last]))
+    state = loss.actor(env.reset(start, set_state=True))
+    transition = loss.transition(state)
+    target = loss.td_target(transition)
+
+    # by hand: the same actor at s', the target critic's weights in a copy of the critic
+    nxt = transition["next"]
+    target_critic = copy.deepcopy(loss.critic)
+    target_critic.load_state_dict(dict(loss.target_critic_params.flatten_keys(".").items()))
+    with torch.no_grad():
+        next_action = components.unet(nxt["latents"], nxt["timestep"], encoder_hidden_states=nxt["prompt_embeds"]).sample
+        abar = components.scheduler.alphas_cumprod[nxt["timestep"]].view(-1, 1, 1, 1)
+        x0_hat = (nxt["latents"] - (1 - abar).sqrt() * next_action) / abar.sqrt()
+        next_q = target_critic(nxt["latents"], nxt["timestep"], nxt["prompt_embeds"], next_action, x0_hat=x0_hat, x0=batch["x0"])
+        online_q = loss.critic(nxt["latents"], nxt["timestep"], nxt["prompt_embeds"], next_action, x0_hat=x0_hat, x0=batch["x0"])
+    done = torch.tensor([False, True, False, True])
+    assert nxt["done"].squeeze(-1).tolist() == done.tolist()
+    expected = 2.0 * nxt["reward"].squeeze(-1) + 0.9 * (~done).float() * next_q
+    torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-5)
+    assert (next_q - online_q).abs().max() > 1e-3  # the target critic really differs from the online one
+    # r is the look-forward reward of (s_t, a): -mean (x0_hat - x0)^2
+    abar_t = components.scheduler.alphas_cumprod[state["timestep"]].view(-1, 1, 1, 1)
+    x0_hat_t = (state["latents"] - (1 - abar_t).sqrt() * state["action"]) / abar_t.sqrt()
+    torch.testing.assert_close(nxt["reward"].squeeze(-1), -(x0_hat_t - batch["x0"]).pow(2).flatten(1).mean(1).detach())
+
+    # forward logs the mean of the same target for the same env seed
+    env.set_seed(7)
+    state = loss.actor(loss.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"]))
+    expected_mean = loss.td_target(loss.transition(state)).mean()
+    env.set_seed(7)
+    out = loss(batch)
+    torch.testing.assert_close(out["td_target"], expected_mean)
+    assert {"loss_actor", "loss_critic", "reward", "q_value", "td_target", "td_error", "eps_mse"} <= set(out.keys())
+    assert all(value.shape == () for value in out.values())
+
+
+def test_gamma_zero_equals_the_one_step_regressor(components, base):
+    outputs = []
+    for config in (DPGConfig(gamma=0.0, bootstrap=True), DPGConfig(gamma=0.9986, bootstrap=False)):
+        loss = make_dpg(components, config, seed=3)
+        perturb_critic(loss)  # the same non-zero critic and target in both (make_dpg seeds torch)
+        outputs.append(loss(make_batch(loss.env, prior=True)))
+    bootstrapped, one_step = outputs
+    assert set(bootstrapped.keys()) == set(one_step.keys())
+    for key in bootstrapped.keys():
+        torch.testing.assert_close(bootstrapped[key], one_step[key], rtol=0, atol=1e-6, msg=key)
+    # and bootstrapping with gamma > 0 does change the target
+    loss = make_dpg(components, DPGConfig(gamma=0.9, bootstrap=True), seed=3)
+    perturb_critic(loss)
+    assert (loss(make_batch(loss.env, prior=True))["td_target"] - one_step["td_target"]).abs() > 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- gradient routing
+def grads(params) -> list[torch.Tensor | None]:
+    return [p.grad for p in params]
+
+
+def moved(params) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def untouched(params) -> bool:
+    return all(p.grad is None or not p.grad.any() for p in params)
+
+
+def test_each_loss_term_moves_only_its_own_parameters(components):
+    add_lora(components.unet, rank=2)
+    with torch.no_grad():  # LoRA starts at B = 0; make the adapter non-trivial so every LoRA weight gets a gradient
+        for p in components.unet.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    text_encoder = components.text_encoder
+    text_encoder.requires_grad_(True)
+    env = make_env(components, LookForwardReward())
+    critic = QCritic(SHAPE, 32, width=8, lookforward_features=True)
+    loss = DPGLoss(env, UNetActor(components.unet, 1.0), critic, DPGConfig(gamma=0.9, tau=0.1), text_encoder=text_encoder)
+    perturb_critic(loss)  # a non-zero critic: -lam * Q has a gradient for the actor
+    actor_params, critic_params = loss.actor_parameters(), loss.critic_parameters()
+    lora = [p for name, p in components.unet.named_parameters() if "lora" in name]
+    assert {id(p) for p in actor_params} == {id(p) for p in lora} | {id(p) for p in text_encoder.parameters()}
+    assert {id(p) for p in critic_params} == {id(p) for p in critic.parameters()}
+    frozen = [p for name, p in components.unet.named_parameters() if "lora" not in name]
+    assert all(not p.requires_grad for p in frozen)
+
+    from diffrl.models import encode_prompts
+
+    def batch_with_trained_text():
+        embeds = encode_prompts(components.tokenizer, text_encoder, ["a sks dog"] * B)
+        assert embeds.requires_grad
+        return make_batch(env, prior=True).set("prompt_embeds", embeds)
+
+    targets_before = loss.target_critic_params.clone()
+    loss(batch_with_trained_text())["loss_critic"].backward()
+    assert moved(critic_params) and untouched(actor_params) and untouched(frozen)
+    loss.zero_grad()
+    text_encoder.zero_grad()
+
+    loss(batch_with_trained_text())["loss_actor"].backward()
+    assert moved(lora) and moved(list(text_encoder.parameters())) and untouched(critic_params) and untouched(frozen)
+
+    # an optimizer step on everything leaves the target alone; SoftUpdate then moves it by exactly tau
+    out = loss(batch_with_trained_text())
+    sum(value for key, value in out.items() if key.startswith("loss_")).backward()
+    torch.optim.SGD(actor_params + critic_params, lr=0.1).step()
+    assert (loss.target_critic_params == targets_before).all()
+    online = loss.critic_params.detach().clone()
+    assert not (online == targets_before).all()
+    loss.target_updater.step()
+    expected = targets_before.apply(lambda target, param: 0.9 * target + 0.1 * param, online)
+    for key, value in expected.items(True, True):
+        torch.testing.assert_close(loss.target_critic_params[key], value, rtol=0, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------------------- training
+class LatentLuminance(Reward):
+    """A black box (numpy, no gradients): the mean of the look-forward latent's first channel (SD's luminance axis).
+
+    (Brightness of the *decoded* x0_hat is no test signal here: the tiny random VAE's output mean varies by < 1%.)
+    """
+
+    differentiable = False
+
+    def forward(self, inputs: RewardInputs) -> torch.Tensor:
+        return torch.from_numpy(inputs.x0_hat[:, 0].numpy().mean(axis=(1, 2)))
+
+
+def evaluate(loss: DPGLoss, batch: TensorDict, rounds: int = 2) -> float:
+    """Mean reward of mu(s) on fixed states (the same noised latents before and after training)."""
+    loss.env.set_seed(999)
+    rewards = []
+    with torch.no_grad():
+        for _ in range(rounds):
+            state = loss.actor(loss.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"]))
+            rewards.append(loss.env.step(state)["next", "reward"].mean().item())
+    return float(np.mean(rewards))
+
+
+@pytest.mark.parametrize(
+    ("reward", "config", "env_kwargs", "warmup", "actor_lr"),
+    [
+        # the look-forward reward over all noise levels, with the Bellman backup (critic-only: no eps-MSE term)
+        (LookForwardReward, DPGConfig(gamma=0.9, eps_weight=0.0, tau=0.05, exploration_std=0.3), {}, 0, 1e-3),
+        # a non-differentiable reward: only the critic supplies its gradient (one noise level, one-step critic)
+        (LatentLuminance, DPGConfig(gamma=0.0, eps_weight=0.0, tau=0.05, exploration_std=1.0), {"start_step": 5}, 20, 3e-4),
+    ],
+    ids=["lookforward", "black_box"],
+)
+def test_short_dpg_training_increases_the_reward(base, reward, config, env_kwargs, warmup, actor_lr):
+    gains = []
+    for seed in range(5):
+        components = dataclasses.replace(base, unet=copy.deepcopy(base.unet))
+        loss = make_dpg(components, config, reward=reward(), seed=seed, **env_kwargs)
+        batch = make_batch(loss.env)
+        actor_optim = torch.optim.AdamW(loss.actor_parameters(), lr=actor_lr)
+        critic_optim = torch.optim.AdamW(loss.critic_parameters(), lr=3e-3)
+        before = evaluate(loss, batch)
+        loss.env.set_seed(seed)
+        for step in range(40):
+            out = loss(batch)
+            sum(value for key, value in out.items() if key.startswith("loss_")).backward()
+            critic_optim.step()
+            if step >= warmup:  # let the critic learn the reward before the actor follows its gradient
+                actor_optim.step()
+            critic_optim.zero_grad()
+            actor_optim.zero_grad()
+            loss.target_updater.step()
+        gains.append((evaluate(loss, batch) - before) / abs(before))
+    # a statistically clear increase: at least 4 of 5 seeds improve and the mean gain exceeds 3 standard errors
+    # (without the critic's gradient, lam = 0, every gain is exactly 0 and this fails)
+    gains = np.array(gains)
+    assert (gains > 0).sum() >= 4 and gains.mean() > 3 * gains.std(ddof=1) / np.sqrt(len(gains)), gains
+
+
+def test_dpg_with_a_dino_reward(components, tiny_dino):
+    path, kwargs = tiny_dino
+    reward = DINOReward(DINOEncoder.from_pretrained(weights=path, **kwargs), torch.rand(2, 3, 16, 16))
+    loss = make_dpg(components, DPGConfig(), reward=reward)
+    out = loss(make_batch(loss.env))
+    assert -2 <= out["reward"] <= 0
+    out["loss_critic"].backward()
+    assert moved(loss.critic_parameters())
+
+
+# ------------------------------------------------------------------------------------------------------ DreamBooth
+def test_dreambooth_regresses_the_env_noise_and_matches_dpg_without_critic(components):
+    env = make_env(components, LookForwardReward(), seed=5)
+    loss = DreamBoothLoss(env, UNetActor(components.unet, 1.0), DreamBoothConfig(prior_weight=0.5))
+    assert loss.critic_parameters() == [] and loss.target_updater is None
+    batch = make_batch(env, prior=True)
+    # the env's generator draws the start steps, then the noise: the loss's eps target is exactly that noise
+    generator = torch.Generator().manual_seed(5)
+    steps = torch.randint(env.config.num_inference_steps, (B,), generator=generator)
+    noise = torch.randn(B, *SHAPE, generator=generator)
+    env.set_seed(5)
+    state = loss.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"])
+    assert state["step"].tolist() == steps.tolist()
+    torch.testing.assert_close(loss.true_noise(state), noise, rtol=1e-4, atol=1e-4)
+
+    env.set_seed(11)
+    out = loss(batch)
+    torch.testing.assert_close(out["loss_actor"], out["eps_mse"] + 0.5 * out["prior_mse"])
+    out["loss_actor"].backward()
+    assert moved(loss.actor_parameters())
+    # DPG with lambda = 0 and no exploration has the same actor loss (shared noising machinery, same draws)
+    dpg = DPGLoss(env, UNetActor(components.unet, 1.0), QCritic(SHAPE, 32, width=8), DPGConfig(lam=0.0, exploration_std=0.0, prior_weight=0.5))
+    env.set_seed(11)
+    torch.testing.assert_close(dpg(batch)["loss_actor"], out["loss_actor"].detach(), rtol=1e-6, atol=1e-6)
+    assert set(DreamBoothLoss(env, UNetActor(components.unet, 1.0))(batch.exclude("prior")).keys()) == {"loss_actor", "eps_mse"}
+
+
+# ------------------------------------------------------------------------------------------ reward backpropagation
+class NegativeSquaredSample(Reward):
+    """-mean(x_0^2) of the final sample: differentiable."""
+
+    def forward(self, inputs: RewardInputs) -> torch.Tensor:
+        return -inputs.x0_hat.pow(2).flatten(1).mean(1)
+
+
+def test_reward_backprop_differentiates_only_the_last_k_steps(components):
+    steps = 4
+    env = make_env(components, NegativeSquaredSample(), steps=steps, mode="sampling", reward_mode="terminal", seed=2)
+    actor = UNetActor(components.unet, guidance_scale=3.0)
+    calls: list[bool] = []
+    hook = components.unet.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    loss = RewardBackpropLoss(env, actor, RewardBackpropConfig(k=2))
+    batch = make_batch(env)
+    loss(batch)["loss_actor"].backward()
+    assert calls == [False, False, True, True]
+    hook.remove()
+
+    # K = 1 equals the manual computation: N - 1 steps without gradients, then one step with them
+    loss = RewardBackpropLoss(env, actor, RewardBackpropConfig(k=1, reward_scale=2.0))
+    components.unet.zero_grad()
+    env.set_seed(9)
+    out = loss(batch)
+    out["loss_actor"].backward()
+    ours = [p.grad.clone() for p in components.unet.parameters()]
+    components.unet.zero_grad()
+    env.set_seed(9)
+    state = env.reset(batch.select("prompt_embeds", "negative_prompt_embeds"), set_state=True)
+    with torch.no_grad():
+        for _ in range(steps - 1):
+            state = env.step(actor(state))["next"]
+    final = env.step(actor(state))["next"]
+    (-2.0 * final["reward"].mean()).backward()
+    for mine, manual in zip(ours, (p.grad for p in components.unet.parameters())):
+        torch.testing.assert_close(mine, manual, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["reward"], final["reward"].mean().detach())
+    assert sum(g.abs().sum() for g in ours) > 0
+
+
+def test_reward_backprop_with_dreambooth_terms(components):
+    sampling = make_env(components, NegativeSquaredSample(), steps=2, mode="sampling", reward_mode="terminal")
+    reference = make_env(components)
+    config = RewardBackpropConfig(k=1, eps_weight=0.5, prior_weight=0.25)
+    out = RewardBackpropLoss(sampling, UNetActor(components.unet, 3.0), config, reference_env=reference)(make_batch(sampling, prior=True))
+    torch.testing.assert_close(out["loss_actor"].detach(), -out["reward"] + 0.5 * out["eps_mse"] + 0.25 * out["prior_mse"])
+
+
+# ---------------------------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: DPGConfig(gamma=1.5), "gamma"),
+        (lambda: DPGConfig(gamma=-0.1), "gamma"),
+        (lambda: DPGConfig(lam=-1.0), "lam"),
+        (lambda: DPGConfig(prior_weight=-1.0), "prior_weight"),
+        (lambda: DPGConfig(tau=0.0), "tau"),
+        (lambda: DPGConfig(exploration_std=-0.1), "exploration_std"),
+        (lambda: DPGConfig(reward_scale=float("nan")), "reward_scale"),
+        (lambda: DreamBoothConfig(prior_weight=float("inf")), "prior_weight"),
+        (lambda: RewardBackpropConfig(k=0), "k"),
+        (lambda: RewardBackpropConfig(eps_weight=-1.0), "eps_weight"),
+    ],
+)
+def test_bad_hyperparameters_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_setups_raise_clear_errors(components):
+    actor, critic = UNetActor(components.unet, 1.0), QCritic(SHAPE, 32, width=8)
+    reference, sampling = make_env(components, LookForwardReward()), make_env(components, NegativeSquaredSample(), mode="sampling")
+    with pytest.raises(ValueError, match="reference"):
+        DPGLoss(sampling, actor, critic)
+    with pytest.raises(ValueError, match="reference"):
+        DreamBoothLoss(sampling, actor)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        DPGLoss(reference, UNetActor(components.unet, 7.5), critic)
+    with pytest.raises(ValueError, match="reward"):
+        DPGLoss(make_env(components), actor, critic)
+    with pytest.raises(ValueError, match="per-step"):
+        DPGLoss(make_env(components, LookForwardReward(), reward_mode="terminal"), actor, critic)
+    with pytest.raises(TypeError, match="UNetActor"):
+        DreamBoothLoss(reference, components.unet)
+
+    terminal = make_env(components, NegativeSquaredSample(), steps=3, mode="sampling", reward_mode="terminal")
+    with pytest.raises(ValueError, match="k must be in"):
+        RewardBackpropLoss(terminal, actor, RewardBackpropConfig(k=4))
+    with pytest.raises(ValueError, match="not differentiable"):
+        RewardBackpropLoss(make_env(components, LatentLuminance(), mode="sampling", reward_mode="terminal"), actor)
+    with pytest.raises(ValueError, match="terminal"):
+        RewardBackpropLoss(sampling, actor)
+    with pytest.raises(ValueError, match="sampling mode"):
+        RewardBackpropLoss(make_env(components, NegativeSquaredSample(), reward_mode="terminal"), actor)
+    with pytest.raises(ValueError, match="reference_env"):
+        RewardBackpropLoss(terminal, actor, RewardBackpropConfig(eps_weight=1.0))
+
+    class Detaching(NegativeSquaredSample):  # claims to be differentiable but cuts the graph
+        def forward(self, inputs: RewardInputs) -> torch.Tensor:
+            return super().forward(inputs).detach()
+
+    liar = make_env(components, Detaching(), steps=2, mode="sampling", reward_mode="terminal")
+    with pytest.raises(RuntimeError, match="no gradient"):
+        RewardBackpropLoss(liar, actor)(make_batch(liar))
+
+    loss = DreamBoothLoss(reference, actor)
+    with pytest.raises(KeyError, match="x0"):
+        loss(make_batch(reference).exclude("x0"))
+    with pytest.raises(ValueError, match="batch_size"):
+        loss(make_batch(reference)[:2])
