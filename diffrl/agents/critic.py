@@ -38,8 +38,10 @@ class QCritic(nn.Module):
     Image inputs (x_t, a and, with ``lookforward_features``, x0_hat and (x0_hat - x0)^2) are stacked on channels and
     reduced by a stride-1 stem and ``log2(min(h, w)) - 2`` stride-2 blocks (at least one; 64x64 -> 4x4), then global
     average pooling. Every block receives a bias from the conditioning vector (sinusoidal timestep embedding + mean-pooled,
-    projected text embedding), and the head reads the pooled features and the conditioning vector.
-    With the defaults the network has ~0.25M parameters (the paper: 0.26M) for SD v1 latents ``(4, 64, 64)`` and ``text_dim=768``.
+    projected text embedding), and the head reads the pooled features and the conditioning vector. The head's last
+    layer starts at zero, so Q = 0 and dQ/da = 0 until the critic has learned something.
+    With the defaults the network has ~0.25M parameters (the paper: 0.26M) for SD v1 latents ``(4, 64, 64)`` and
+    ``text_dim=768``.
 
     Args:
         latent_shape: ``(C, h, w)`` of the latents.

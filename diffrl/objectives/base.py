@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives import LossModule, SoftUpdate
@@ -51,6 +50,8 @@ class DiffusionLoss(LossModule):
         check_actor(actor)
         if reference_env is not None and reference_env.config.mode != "reference":
             raise ValueError(f"reference_env must be in reference mode, got mode={reference_env.config.mode!r}.")
+        if reference_env is not None and reference_env.batch_size != env.batch_size:
+            raise ValueError(f"reference_env batch_size {tuple(reference_env.batch_size)} != env's {tuple(env.batch_size)}.")
         self.__dict__["env"] = env
         self.__dict__["reference_env"] = reference_env or (env if env.config.mode == "reference" else None)
         self.actor = actor

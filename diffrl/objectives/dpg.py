@@ -50,8 +50,7 @@ class DPGConfig:
         check_weight("exploration_std", self.exploration_std)
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau (the soft target update rate) must be in (0, 1], got {self.tau}.")
-        if not torch.isfinite(torch.tensor(float(self.reward_scale))):
-            raise ValueError(f"reward_scale must be finite, got {self.reward_scale}.")
+        check_weight("reward_scale", self.reward_scale)
 
 
 class DPGLoss(DiffusionLoss):
