@@ -65,6 +65,9 @@ class PaperTableConfig:
     lr_critic: float = 1e-4
     batch_size: int = 1
     num_class_images: int = 0
+    # Training schedule of the reference env. Not 1000: with SD's steps_offset=1, DDIM's 1000-step schedule holds
+    # timestep 1000, out of range of alphas_cumprod (IndexError whenever step index 0 is drawn).
+    train_schedule_steps: int = 999
     prompts_per_subject: int = 6
     images_per_prompt: int = 2
     eval_steps: int = 25
@@ -159,6 +162,7 @@ def train_one(config: PaperTableConfig, method: str, subject: Subject, seed: int
         dino_arch=m["dino_arch"],
         dino_kwargs=json.loads(m["dino_kwargs"]),
         max_steps=config.steps,
+        num_inference_steps=config.train_schedule_steps,
         lr_actor=config.lr_actor,
         lr_critic=config.lr_critic,
         batch_size=config.batch_size,
@@ -224,7 +228,8 @@ def to_markdown(config: PaperTableConfig, rows: dict, subjects: list[Subject]) -
         f"- subjects ({len(subjects)}): {', '.join(s.name for s in subjects)}",
         f"- seeds: {config.seeds} (0..{config.seeds - 1}); mean ± std over seeds of the per-seed subject mean",
         f"- training: {b['steps']} steps, batch {b['batch_size']}, lr {b['lr_actor']} (critic {b['lr_critic']}), "
-        f"reward weight {b['reward_weight']}, class images {b['num_class_images']}",
+        f"reward weight {b['reward_weight']}, class images {b['num_class_images']}, "
+        f"{b['train_schedule_steps']}-step training schedule",
         f"- evaluation: {b['prompts_per_subject']} prompts/subject x {b['images_per_prompt']} images/prompt, "
         f"{b['eval_steps']} DDIM steps, guidance {b['guidance_scale']}; DINO = the training reward's encoder, "
         "DINO (held-out) = the zoo's second DINO (seed 1)",
