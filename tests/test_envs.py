@@ -207,5 +207,8 @@ def test_bad_hyperparameters():
         DenoisingConfig(num_inference_steps=4, start_step=4)
     with pytest.raises(ValueError, match="eta must be >= 0"):
         BatchedScheduler(DDIMScheduler(**SD_SCHEDULER_CONFIG), 10, eta=-1)
+    with pytest.raises(ValueError, match="reach timestep 1000.*use at most 999 steps"):
+        BatchedScheduler(DDIMScheduler(**SD_SCHEDULER_CONFIG), 1000)
+    assert BatchedScheduler(DDIMScheduler(**SD_SCHEDULER_CONFIG), 999).timesteps.tolist() == list(range(999, 0, -1))
     with pytest.raises(ValueError, match="prediction_type must be 'epsilon'"):
         BatchedScheduler(DDIMScheduler(**{**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}), 10)

@@ -47,6 +47,12 @@ class BatchedScheduler:
         self.num_inference_steps = num_inference_steps
         self.num_train_timesteps = int(config.num_train_timesteps)
         self.timesteps: Tensor = self.scheduler.timesteps.long()  # [N], descending
+        if int(self.timesteps.max()) >= self.num_train_timesteps:
+            raise ValueError(
+                f"{num_inference_steps} inference steps with steps_offset={config.steps_offset} reach timestep "
+                f"{int(self.timesteps.max())}, outside the {self.num_train_timesteps} training timesteps; "
+                f"use at most {self.num_train_timesteps - config.steps_offset} steps."
+            )
         self.alphas_cumprod: Tensor = self.scheduler.alphas_cumprod  # [T], float32
         # abar at the "previous" timestep of each schedule index, as diffusers computes it.
         if self.is_ddim:

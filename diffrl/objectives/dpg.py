@@ -70,7 +70,7 @@ class DPGLoss(DiffusionLoss):
     ``"td_error"`` (mean |Q(s, b) - y|), ``"eps_mse"`` and, with a prior batch, ``"prior_mse"``.
 
     Args:
-        env: a reference-mode `DenoisingEnv` with a per-step reward (typically ``num_inference_steps=1000``).
+        env: a reference-mode `DenoisingEnv` with a per-step reward (typically ``num_inference_steps=999``, the t -> t-1 chain of SD v1).
         actor: ``UNetActor(unet, guidance_scale=1.0)``.
         critic: the `QCritic`; its parameters are the trainable critic parameters, a target copy is created.
         config: hyperparameters.

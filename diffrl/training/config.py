@@ -67,7 +67,7 @@ class TrainConfig:
     reward_scale: float = 1.0
     gamma: float = 0.9986
     lam: float = 1.0
-    num_inference_steps: int = 1000
+    num_inference_steps: int = 999  # the longest schedule SD's steps_offset=1 allows: t-1 chains over t = 999..1
     lr_actor: float = 5e-6
     lr_critic: float = 1e-4
     lr_warmup_steps: int = 0
