@@ -2,7 +2,7 @@
 """Rebuild every weight of the emoji zoo from scratch (seeded), stage by stage, and write the model card.
 
     python scripts/build_zoo.py                      # all stages
-    python scripts/build_zoo.py --stage clip         # one stage: clip|clip_vision|vae|vae_decoder|unet|dino|dino_eval|subjects|eval|card
+    python scripts/build_zoo.py --stage clip         # one stage: clip|vae|vae_decoder|clip_vision|unet|dino|dino_eval|subjects|eval|card
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from diffrl.zoo.training.common import log, stage_timer, world_data  # noqa: E40
 
 OUT = ROOT / "diffrl" / "zoo" / "weights" / "emoji"
 CACHE = ROOT / "build" / "zoo"
-STAGES = ("clip", "clip_vision", "vae", "vae_decoder", "unet", "dino", "dino_eval", "subjects", "eval", "card")
+STAGES = ("clip", "vae", "vae_decoder", "clip_vision", "unet", "dino", "dino_eval", "subjects", "eval", "card")
 
 
-def run_stage(stage: str, threads: int, budget_min: float | None = None) -> None:
+def run_stage(stage: str, threads: int, budget_min: float | None = None, resume: bool = False) -> None:
     torch.set_num_threads(threads)
     record_path = CACHE / f"record_{stage}.json"
     record: dict = {}
@@ -37,7 +37,7 @@ def run_stage(stage: str, threads: int, budget_min: float | None = None) -> None
         elif stage == "clip_vision":
             from diffrl.zoo.training.clip import refine_clip_vision
 
-            record[stage].update(refine_clip_vision(world_data(CACHE), OUT / "clip"))
+            record[stage].update(refine_clip_vision(world_data(CACHE), OUT / "clip", OUT / "sd" / "vae"))
         elif stage == "vae":
             from diffrl.zoo.training.vae import train_vae
 
@@ -54,11 +54,11 @@ def run_stage(stage: str, threads: int, budget_min: float | None = None) -> None
         elif stage == "dino":
             from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 
-            record[stage].update(train_dino(OUT / "dino", DINOTrainConfig(seed=0)))
+            record[stage].update(train_dino(world_data(CACHE), OUT / "dino", DINOTrainConfig(seed=0), resume=resume))
         elif stage == "dino_eval":
             from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 
-            record[stage].update(train_dino(OUT / "dino_eval", DINOTrainConfig(seed=1)))
+            record[stage].update(train_dino(world_data(CACHE), OUT / "dino_eval", DINOTrainConfig(seed=1), resume=resume))
         elif stage == "subjects":
             from diffrl.zoo.subjects import write_subjects
 
@@ -81,11 +81,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--unet-budget-min", type=float, default=None,
                     help="stop UNet training after this many minutes (LR schedule follows elapsed time)")
+    ap.add_argument("--resume-dino", action="store_true",
+                    help="dino stages: skip stage 1 and continue stage 2 from the saved backbone")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     for stage in STAGES if args.stage == "all" else (args.stage,):
-        run_stage(stage, args.threads, args.unet_budget_min)
+        run_stage(stage, args.threads, args.unet_budget_min, args.resume_dino)
 
 
 if __name__ == "__main__":

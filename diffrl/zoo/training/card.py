@@ -20,24 +20,37 @@ def write_card(weights: Path, cache: Path) -> None:
     (weights / "build_record.json").write_text(json.dumps(rec, indent=2))
     g = lambda *ks: _get(rec, ks)  # noqa: E731
     rows = [
-        ("CLIP (text + vision towers)", "clip", g("clip", "params"), _mb(weights / "clip"), g("clip", "seconds"),
-         f"contrastive loss {g('clip', 'final_loss')} after {g('clip', 'steps')} steps"),
+        ("CLIP (text + vision towers)", "clip", g("clip", "params"), _mb(weights / "clip"),
+         _sum(g("clip", "seconds"), g("clip_vision", "seconds")),
+         f"stage 1: contrastive loss {g('clip', 'final_loss')} after {g('clip', 'steps')} steps; stage 2 (vision "
+         f"tower only, text frozen): loss {g('clip_vision', 'final_loss')} after {g('clip_vision', 'steps')} steps"),
         ("VAE (AutoencoderKL, 64x64x3 -> 8x8x4)", "sd/vae", g("vae", "params"), _mb(weights / "sd" / "vae"),
-         g("vae", "seconds"), f"L1 {g('vae', 'final_l1')}, PSNR {g('vae', 'recon_psnr_db')} dB, "
-         f"scaling_factor {g('vae', 'scaling_factor')}"),
+         _sum(g("vae", "seconds"), g("vae_decoder", "seconds")),
+         f"stage 1 L1 {g('vae', 'final_l1')} (PSNR {g('vae', 'recon_psnr_db')} dB) after {g('vae', 'steps')} steps; "
+         f"decoder-only stage 2: L1 {g('vae_decoder', 'final_l1')}, PSNR {g('vae_decoder', 'recon_psnr_db')} dB "
+         f"after {g('vae_decoder', 'steps')} steps; scaling_factor {g('vae', 'scaling_factor')}"),
         ("UNet2DConditionModel (sample_size 8)", "sd/unet", g("unet", "params"), _mb(weights / "sd" / "unet"),
-         g("unet", "seconds"), f"eps-MSE {g('unet', 'final_loss')} after {g('unet', 'steps')} steps (EMA weights)"),
-        ("DINO ViT (seed 0)", "dino", g("dino", "params"), _mb(weights / "dino"), g("dino", "seconds"),
-         f"DINO loss {g('dino', 'final_loss')} after {g('dino', 'steps')} steps"),
+         g("unet", "seconds"), f"eps-MSE {g('unet', 'final_loss')} after {g('unet', 'steps')} steps of batch "
+         f"{g('unet', 'batch')} (time budget {g('unet', 'time_budget_s')} s; EMA weights)"),
+        ("CLIP text tower (SD text encoder)", "sd/text_encoder", g("unet", "text_encoder_params"),
+         _mb(weights / "sd" / "text_encoder"), 0, "copy of the CLIP text tower, frozen"),
+        ("DINO ViT (seed 0)", "dino", g("dino", "params"), _mb(weights / "dino"),
+         _sum(g("dino_stage1", "seconds"), g("dino", "seconds")),
+         f"stage 1 loss {g('dino_stage1', 'final_loss')} after {g('dino_stage1', 'steps')} steps; stage 2 loss "
+         f"{g('dino', 'final_loss')} after {g('dino', 'swap_steps')} steps"),
         ("DINO ViT (seed 1, held-out evaluator)", "dino_eval", g("dino_eval", "params"), _mb(weights / "dino_eval"),
-         g("dino_eval", "seconds"), f"DINO loss {g('dino_eval', 'final_loss')}"),
+         _sum(g("dino_eval_stage1", "seconds"), g("dino_eval", "seconds")),
+         f"stage 1 loss {g('dino_eval_stage1', 'final_loss')} after {g('dino_eval_stage1', 'steps')} steps; stage 2 "
+         f"loss {g('dino_eval', 'final_loss')} after {g('dino_eval', 'swap_steps')} steps"),
     ]
     table = "\n".join(f"| {a} | `{b}` | {c:,} | {d:.2f} | {e} | {f} |" if isinstance(c, int) else
                       f"| {a} | `{b}` | {c} | {d:.2f} | {e} | {f} |" for a, b, c, d, e, f in rows)
     pf, ident, leak = rec.get("eval", {}).get("prompt_following", {}), rec.get("eval", {}).get("identity", {}), \
         rec.get("eval", {}).get("no_leak", {})
-    ident_rows = "\n".join(f"| {k} | {v['acc']:.3f} | {v['acc_with_distractors']:.3f} | {v['queries']} |"
-                           for k, v in ident.items())
+    refs = rec.get("eval", {}).get("references", {})
+    plain = rec.get("eval", {}).get("identity_plain_backdrop", {})
+    ident_rows = "\n".join(f"| {k} | {v['acc']:.3f} | {v['acc_with_distractors']:.3f} | {plain[k]['acc']:.3f} | "
+                           f"{plain[k]['acc_with_distractors']:.3f} | {v['queries']} |" for k, v in ident.items())
     leak_rows = "\n".join(f"| {m} | {s} | {v['gen_to_ref']:.3f} | {v['ref_to_ref']:.3f} |"
                           for m, d in leak.items() for s, v in d.items())
     total_mb = _mb(weights)
@@ -62,6 +75,15 @@ prompts, e.g. "a red dog in the snow". Held out of all pretraining (the personal
 | --- | --- | --- | --- | --- | --- |
 {table}
 
+DINO: student/EMA-teacher self-distillation (centering + sharpening, 2 augmented global crops: random resized
+crop, flip, colour jitter, grayscale), no labels. Stage 1 on the cached scenes; stage 2 restarts from the stage-1
+teacher backbone (fresh head, own LR/momentum schedule) with background augmentation: for 75% of the pairs the two
+views are the same glyph and pose rendered over two different backgrounds (Ryali et al. 2021, done with the
+renderer). The shipped DINOs ran stage 2 as `--stage dino --resume-dino` from the saved stage-1 backbone. CLIP
+stage 2 trains only the vision tower against the frozen text tower with strong blur augmentation (robustness to
+VAE-decoded samples), so `sd/text_encoder` stays identical to the CLIP text tower. VAE stage 2 trains only the
+decoder, so the latent space that the UNet was trained on is unchanged.
+
 Text encoder and tokenizer of `sd/` are the CLIP text tower (frozen while training the UNet) and its BPE
 tokenizer (vocabulary built on the caption corpus; the identifier `sks` is one token). The UNet was trained with
 10% empty captions (classifier-free guidance). Scheduler: DDIM with the SD v1 config. Time is wall-clock on a
@@ -72,18 +94,21 @@ shared 2-core CPU (other jobs were running), so it overstates the compute needed
 Prompt following (held-in classes, {pf and rec['eval']['sampler']['n']} prompts "a <class> <context>", every class x
 non-plain context; DDIM {g('eval', 'sampler', 'steps')} steps, guidance {g('eval', 'sampler', 'guidance')}):
 
-- CLIP zero-shot class of generations = prompt class: **{pf.get('clip_class_acc')}** (target >= 0.70);
-  same CLIP on real renders: {pf.get('clip_class_acc_on_real_renders')}
+- CLIP zero-shot class of generations = prompt class: **{pf.get('clip_class_acc')}** with the prompt "a <class>",
+  **{pf.get('clip_class_acc_ensemble')}** with prompt ensembling over contexts (target >= 0.70)
+- for reference, the same CLIP ("a <class>") on {refs.get('n')} real renders: {refs.get('clip_class_acc_real_renders')},
+  on their VAE reconstructions: {refs.get('clip_class_acc_vae_reconstructions')} (context checker on the
+  reconstructions: {refs.get('context_acc_vae_reconstructions')})
 - pixel-level context checker (`diffrl.zoo.classify_context`) = prompt context: **{pf.get('context_acc')}**
   (target >= 0.80)
 - per-class CLIP accuracy: {pf.get('per_class')}
 
-Identity: nearest-neighbour retrieval (DINO CLS, cosine) of held-out subjects rendered in new scenes
-(non-plain contexts, new poses) against their 5 references; "with distractors" adds 5 renders of each same-class
-pretraining glyph to the gallery.
+Identity: nearest-neighbour retrieval (DINO CLS, cosine) of held-out subjects rendered in new scenes against
+their 5 references (plain backdrop): "new contexts" = new poses over the 8 non-plain contexts, "plain" = new poses
+on the plain backdrop; "+distr." adds 5 renders of each same-class pretraining glyph to the gallery. Chance: 0.2.
 
-| ViT | acc | acc with distractors | queries |
-| --- | --- | --- | --- |
+| ViT | new contexts | new contexts +distr. | plain | plain +distr. | queries per setting |
+| --- | --- | --- | --- | --- | --- |
 {ident_rows}
 
 No leak: the base model prompted with "a <class>" does not reproduce a held-out subject (mean DINO cosine of 8
@@ -96,6 +121,10 @@ generations to the subject's references vs. mean cosine among the references):
 `samples.png`: generations of the base model (rows of "a <class> <context>"), DDIM {g('eval', 'sampler', 'steps')} steps.
 """
     (weights / "README.md").write_text(text)
+
+
+def _sum(*xs):
+    return round(sum(x for x in xs if isinstance(x, (int, float))), 1)
 
 
 def _get(rec: dict, keys: tuple[str, ...]):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
@@ -30,6 +31,7 @@ class CLIPTrainConfig:
     train_text_len: int = 16  # captions are short: train on the first 16 positions (77 at inference)
     vision_steps: int = 600  # second stage: vision tower only (text tower frozen = the SD text encoder)
     vision_lr: float = 5e-4
+    recon_images: int = 6000  # stage 2 also sees VAE reconstructions of this many scenes (half of each batch)
     seed: int = 0
 
 
@@ -95,10 +97,24 @@ def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainC
     return {"params": n_params(model), "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.steps}
 
 
-def refine_clip_vision(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
+@torch.no_grad()
+def vae_reconstructions(vae_dir: Path, data: WorldData, n: int, batch: int = 100) -> torch.Tensor:
+    """Mode reconstructions of the first ``n`` scenes through the zoo VAE: ``[n, 3, 64, 64]`` in [0, 1]."""
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    out = []
+    for i in range(0, n, batch):
+        x = data.tensor(np.arange(i, min(i + batch, n))) * 2 - 1
+        out.append((vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1) + 1) / 2)
+    return torch.cat(out)
+
+
+def refine_clip_vision(data: WorldData, out_dir: Path, vae_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
     """Second CLIP stage: train only the vision tower (+ projection, temperature) against the frozen text tower,
-    with strong blur augmentation. The text tower stays bit-identical to the SD pipeline's text encoder."""
+    on scenes (strong blur augmentation) and, for half of each batch, their VAE reconstructions (robustness to
+    decoded samples). The text tower stays bit-identical to the SD pipeline's text encoder."""
     gen = seed_all(cfg.seed + 1)
+    recon = vae_reconstructions(vae_dir, data, cfg.recon_images)
+    log.info("clip vision: %d VAE reconstructions ready", len(recon))
     model = CLIPModel.from_pretrained(out_dir)
     tok = CLIPTokenizer.from_pretrained(out_dir)
     model.requires_grad_(False)
@@ -118,7 +134,9 @@ def refine_clip_vision(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CL
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.vision_steps, cfg.vision_lr, warmup=20)
         idx = torch.randint(n, (cfg.batch,), generator=gen)
-        img = model.get_image_features(pixel_values=normalize(augment(data.tensor(idx.numpy()), gen, strong=True)))
+        idx[: cfg.batch // 2] = torch.randint(cfg.recon_images, (cfg.batch // 2,), generator=gen)
+        x = torch.cat([recon[idx[: cfg.batch // 2]], data.tensor(idx[cfg.batch // 2 :].numpy())])
+        img = model.get_image_features(pixel_values=normalize(augment(x, gen, strong=True)))
         img = F.normalize(img if isinstance(img, torch.Tensor) else img.pooler_output, dim=-1)
         c = cap_idx[idx]
         logits = model.logit_scale.exp() * img @ txt[c].T
@@ -134,4 +152,5 @@ def refine_clip_vision(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CL
             log.info("clip vision step %d/%d loss %.4f", step, cfg.vision_steps, float(np.mean(losses[-100:])))
     model.eval()
     model.save_pretrained(out_dir)
-    return {"final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.vision_steps}
+    return {"final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.vision_steps,
+            "recon_images": cfg.recon_images}

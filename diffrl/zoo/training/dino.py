@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from diffrl.zoo.render import render, sample_spec
-from diffrl.zoo.training.common import cosine_lr, log, n_params, seed_all
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
 from diffrl.zoo.world import CONTEXTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,7 +32,10 @@ class DINOTrainConfig:
     heads: int = 3
     patch: int = 8
     out_dim: int = 512
-    steps: int = 500
+    steps: int = 600  # stage 1: plain DINO on the cached pretraining scenes
+    swap_steps: int = 500  # stage 2 (own LR / momentum schedule): adds a background-swapped third view
+    swap_fraction: float = 1.0
+    swap_lr: float = 5e-4
     batch: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.04
@@ -82,15 +86,19 @@ def augment(x: torch.Tensor, gen: torch.Generator, scale: tuple[float, float]) -
     return torch.where(to_gray.view(b, 1, 1, 1), x.mean(1, keepdim=True).expand_as(x), x)
 
 
-def background_swapped_pair(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` fresh pretraining scenes, each rendered twice with the same glyph and pose over two different
-    backgrounds (background augmentation, Ryali et al. 2021; no labels used): two ``[n, 3, 64, 64]`` in [0, 1]."""
+def background_swapped_pair(rng: np.random.Generator, n: int, swap_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` fresh pretraining scenes rendered twice; for ``swap_fraction`` of them the second render has the same
+    glyph and pose over a different background (background augmentation, Ryali et al. 2021; no labels used),
+    the others are identical. Two ``[n, 3, 64, 64]`` in [0, 1]."""
     a, b = [], []
     contexts = list(CONTEXTS)
-    for _ in range(n):
+    for i in range(n):
         spec = sample_spec(rng)
-        other = contexts[(contexts.index(spec.context) + int(rng.integers(1, len(contexts)))) % len(contexts)]
         a.append(np.asarray(render(spec)))
+        if i >= swap_fraction * n:
+            b.append(a[-1])
+            continue
+        other = contexts[(contexts.index(spec.context) + int(rng.integers(1, len(contexts)))) % len(contexts)]
         b.append(np.asarray(render(replace(spec, context=other, seed=int(rng.integers(2**31))))))
     to_t = lambda x: torch.from_numpy(np.stack(x)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     return to_t(a), to_t(b)
@@ -100,47 +108,72 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def train_dino(out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
-    """Train on freshly rendered background-swapped pairs (two augmented global crops); save the teacher backbone to ``out_dir/model.safetensors`` and timm kwargs to ``out_dir/timm.json``."""
-    gen = seed_all(cfg.seed)
-    backbone = timm.create_model("vit_small_patch16_224", pretrained=False, **cfg.timm_kwargs())
+def _distill(backbone: nn.Module, cfg: DINOTrainConfig, lr: float, steps: int, warmup: int,
+             views: Callable[[], tuple[torch.Tensor, ...]], gen: torch.Generator, tag: str
+             ) -> tuple[nn.Module, list[float]]:
+    """One DINO run from ``backbone`` with a fresh head, EMA teacher and center; returns the teacher backbone.
+
+    ``views()`` gives k >= 2 source batches ``[B, 3, 64, 64]``; each is augmented once; the teacher sees the first
+    two, the student all k."""
     student = nn.Sequential(backbone, DINOHead(cfg.embed_dim, cfg.out_dim))
     teacher = copy.deepcopy(student).requires_grad_(False)
     center = torch.zeros(cfg.out_dim)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng, losses = np.random.default_rng(cfg.seed), []
-    for step in range(cfg.steps):
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    losses, b = [], cfg.batch
+    for i in range(steps):
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-        views = torch.cat([normalize(augment(x, gen, cfg.crop_scale)) for x in background_swapped_pair(rng, cfg.batch)])
-        s_out = student(views) / cfg.student_temp
+            g["lr"] = cosine_lr(i, steps, lr, warmup=warmup)
+        srcs = views()
+        x = torch.cat([normalize(augment(v, gen, cfg.crop_scale)) for v in srcs])
+        s_logp = F.log_softmax(student(x) / cfg.student_temp, dim=-1).split(b)
         with torch.no_grad():
-            t_raw = teacher(views)
-            t_prob = F.softmax((t_raw - center) / cfg.teacher_temp, dim=-1)
-        s_logp = F.log_softmax(s_out, dim=-1)
-        b = cfg.batch
-        # cross-view distillation: teacher view i -> student view j != i
-        loss = -0.5 * ((t_prob[:b] * s_logp[b:]).sum(-1).mean() + (t_prob[b:] * s_logp[:b]).sum(-1).mean())
+            t_raw = teacher(x[: 2 * b])  # the teacher sees the two global views only
+            t_prob = F.softmax((t_raw - center) / cfg.teacher_temp, dim=-1).split(b)
+        # cross-view distillation: teacher view i -> every other student view j
+        terms = [-(t_prob[i] * s_logp[j]).sum(-1).mean() for i in range(2) for j in range(len(srcs)) if j != i]
+        loss = sum(terms) / len(terms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
         opt.step()
         with torch.no_grad():
             m0, m1 = cfg.teacher_momentum
-            m = m1 - (m1 - m0) * (math.cos(math.pi * step / cfg.steps) + 1) / 2
+            m = m1 - (m1 - m0) * (math.cos(math.pi * i / steps) + 1) / 2
             for pt, ps in zip(teacher.parameters(), student.parameters()):
                 pt.lerp_(ps, 1 - m)
             center.mul_(cfg.center_momentum).add_(t_raw.mean(0), alpha=1 - cfg.center_momentum)
         losses.append(loss.item())
-        if step % 50 == 0 or step == cfg.steps - 1:
-            log.info("dino(seed %d) step %d/%d loss %.4f", cfg.seed, step, cfg.steps, float(np.mean(losses[-50:])))
+        if i % 50 == 0 or i == steps - 1:
+            log.info("dino(seed %d) %s step %d/%d loss %.4f", cfg.seed, tag, i, steps, float(np.mean(losses[-50:])))
+    return teacher[0], losses
+
+
+def train_dino(data: WorldData, out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig(), resume: bool = False) -> dict:
+    """Stage 1: DINO on ``data`` (both views from one scene). Stage 2: from the stage-1 teacher backbone, DINO on
+    freshly rendered, partly background-swapped pairs. ``resume`` skips stage 1 and loads its backbone from
+    ``out_dir``. Saves the teacher backbone to ``out_dir/model.safetensors`` and timm kwargs to ``out_dir/timm.json``."""
+    gen = seed_all(cfg.seed)
+    backbone = timm.create_model("vit_small_patch16_224", pretrained=False, **cfg.timm_kwargs())
+    rng, n = np.random.default_rng(cfg.seed), len(data.images)
+    if resume:
+        backbone.load_state_dict(load_file(out_dir / "model.safetensors"))
+    else:
+        def scenes() -> tuple[torch.Tensor, torch.Tensor]:
+            x = data.tensor(torch.randint(n, (cfg.batch,), generator=gen).numpy())
+            return x, x
+
+        backbone, _ = _distill(backbone, cfg, cfg.lr, cfg.steps, 100, scenes, gen, "stage1")
+    def swapped() -> tuple[torch.Tensor, ...]:
+        a, b = background_swapped_pair(rng, cfg.batch, cfg.swap_fraction)
+        return a, a, b  # teacher: two crops of the scene; student also: the scene over another background
+
+    backbone, losses = _distill(backbone, cfg, cfg.swap_lr, cfg.swap_steps, 20, swapped, gen, "stage2")
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in teacher[0].state_dict().items()}
-    save_file(state, out_dir / "model.safetensors")
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, out_dir / "model.safetensors")
     spec = {"model_name": TIMM_NAME, "kwargs": cfg.timm_kwargs(),
             "pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 0.875, "mean": list(IMAGENET_MEAN),
                                        "std": list(IMAGENET_STD), "num_classes": 0},
             "train": {k: v for k, v in asdict(cfg).items() if k not in ("embed_dim", "depth", "heads", "patch")}}
     (out_dir / "timm.json").write_text(json.dumps(spec, indent=2))
-    return {"params": n_params(teacher[0]), "final_loss": round(float(np.mean(losses[-50:])), 4), "steps": cfg.steps,
-            "seed": cfg.seed}
+    return {"params": n_params(backbone), "final_loss": round(float(np.mean(losses[-50:])), 4), "steps": cfg.steps,
+            "swap_steps": cfg.swap_steps, "seed": cfg.seed}

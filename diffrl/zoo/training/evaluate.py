@@ -66,8 +66,9 @@ def dino_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(model(dino_normalize(images)), dim=-1)
 
 
-def identity_retrieval(model: torch.nn.Module, seed: int = 7, per_subject: int = 16) -> dict:
-    """NN retrieval of held-out subjects rendered in new scenes against their 5 references.
+def identity_retrieval(model: torch.nn.Module, contexts: list[str], seed: int = 7, per_subject: int = 16) -> dict:
+    """NN retrieval of held-out subjects rendered in new scenes (new poses over ``contexts``) against their
+    5 references (plain backdrop).
 
     ``acc``: gallery = subject references only; ``acc_with_distractors``: plus 5 renders of every same-class
     pretraining glyph (a hit needs the nearest gallery image to be one of the subject's own references).
@@ -79,7 +80,6 @@ def identity_retrieval(model: torch.nn.Module, seed: int = 7, per_subject: int =
         ref_lab += [k] * 5
     distract = [g for g in PRETRAIN_GLYPHS if g.noun in {s.noun for s in SUBJECTS}]
     dis = [render(s) for g in distract for s in reference_specs(g, seed=99)]
-    contexts = [c for c in CONTEXTS if c != "plain"]
     queries, q_lab = [], []
     for k, g in enumerate(SUBJECTS):
         for _ in range(per_subject):
@@ -156,7 +156,8 @@ def evaluate_zoo(weights: Path, cache: Path, seed: int = 0, steps: int = 25, gui
     models = {k: v.create() for k, v in dinos.items()}
     torch.manual_seed(0)
     models["random_init"] = timm.create_model("vit_small_patch16_224", pretrained=False, **dinos["dino"].kwargs).eval()
-    record["identity"] = {k: identity_retrieval(m) for k, m in models.items()}
+    record["identity"] = {k: identity_retrieval(m, contexts) for k, m in models.items()}
+    record["identity_plain_backdrop"] = {k: identity_retrieval(m, ["plain"]) for k, m in models.items()}
     nouns = sorted({g.noun for g in SUBJECTS})
     gens = generate(pipe, [caption(c) for c in nouns for _ in range(8)], seed + 11, steps, guidance)
     per_noun = dict(zip(nouns, gens.split(8)))
