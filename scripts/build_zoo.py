@@ -18,11 +18,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffrl.zoo.training.common import log, stage_timer, world_data  # noqa: E402
+from diffrl.zoo.training.common import STAGES, log, stage_timer, world_data  # noqa: E402
 
 OUT = ROOT / "diffrl" / "zoo" / "weights" / "emoji"
 CACHE = ROOT / "build" / "zoo"
-STAGES = ("clip", "vae", "vae_decoder", "clip_vision", "unet", "dino", "dino_eval", "subjects", "eval", "card")
 
 
 def run_stage(stage: str, threads: int, budget_min: float | None = None, resume: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diffrl.zoo.training.common import STAGES
 from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS
 
 
@@ -77,12 +78,14 @@ prompts, e.g. "a red dog in the snow". Held out of all pretraining (the personal
 
 DINO: student/EMA-teacher self-distillation (centering + sharpening, 2 augmented global crops: random resized
 crop, flip, colour jitter, grayscale), no labels. Stage 1 on the cached scenes; stage 2 restarts from the stage-1
-teacher backbone (fresh head, own LR/momentum schedule) with background augmentation: for 75% of the pairs the two
-views are the same glyph and pose rendered over two different backgrounds (Ryali et al. 2021, done with the
-renderer). The shipped DINOs ran stage 2 as `--stage dino --resume-dino` from the saved stage-1 backbone. CLIP
-stage 2 trains only the vision tower against the frozen text tower with strong blur augmentation (robustness to
-VAE-decoded samples), so `sd/text_encoder` stays identical to the CLIP text tower. VAE stage 2 trains only the
-decoder, so the latent space that the UNet was trained on is unchanged.
+teacher backbone (fresh head, own LR/momentum schedule, teacher temperature 0.02) with background augmentation
+(Ryali et al. 2021, done with the renderer): the teacher sees two crops of a fresh scene, the student those two
+plus a crop of the same glyph and pose rendered over a different background. (Swapped backgrounds for both views
+collapsed to the uniform solution.) The shipped DINOs ran stage 2 as `--stage dino --resume-dino` from the saved
+stage-1 backbone. CLIP stage 2 trains only the vision tower (+ projection, temperature) against the frozen text
+tower, on scenes with strong blur augmentation and, for half of each batch, VAE reconstructions of 6,000 scenes
+(robustness to decoded samples), so `sd/text_encoder` stays identical to the CLIP text tower. VAE stage 2 trains
+only the decoder, so the latent space that the UNet was trained on is unchanged.
 
 Text encoder and tokenizer of `sd/` are the CLIP text tower (frozen while training the UNet) and its BPE
 tokenizer (vocabulary built on the caption corpus; the identifier `sks` is one token). The UNet was trained with
@@ -118,9 +121,47 @@ generations to the subject's references vs. mean cosine among the references):
 | --- | --- | --- | --- |
 {leak_rows}
 
-`samples.png`: generations of the base model (rows of "a <class> <context>"), DDIM {g('eval', 'sampler', 'steps')} steps.
+## Acceptance targets
+
+{_targets(rec)}
+
+## Rebuild
+
+```bash
+apt-get install fonts-noto-color-emoji   # or DIFFRL_EMOJI_FONT=/path/to/NotoColorEmoji.ttf
+python scripts/build_zoo.py               # all stages, in order: {", ".join(STAGES)}
+python scripts/build_zoo.py --stage unet --unet-budget-min 45 --threads 2   # one stage
+```
+
+Scenes are cached in `build/zoo/` (not shipped); per-stage records land in `build/zoo/record_<stage>.json` and
+are collected into `build_record.json` here.
+
+`samples.png`: generations of the base model, class-major ("a <class> in the jungle / in the snow / on the beach /
+on a cobblestone street" for each class in turn, 2 classes per row), DDIM {g('eval', 'sampler', 'steps')} steps.
 """
     (weights / "README.md").write_text(text)
+
+
+def _targets(rec: dict) -> str:
+    """One line per acceptance target: measured value, target, met or missed."""
+    ev = rec.get("eval", {})
+    pf, ident, leak = ev.get("prompt_following", {}), ev.get("identity", {}), ev.get("no_leak", {})
+    lines = []
+
+    def line(name: str, value, target: str, ok: bool) -> None:
+        lines.append(f"- {name}: {value} (target {target}): **{'met' if ok else 'MISSED'}**")
+
+    if pf:
+        best = max(pf["clip_class_acc"], pf["clip_class_acc_ensemble"])
+        line("CLIP class accuracy of generations", best, ">= 0.70", best >= 0.7)
+        line("context accuracy of generations", pf["context_acc"], ">= 0.80", pf["context_acc"] >= 0.8)
+    if ident:
+        acc, rnd = ident["dino"]["acc"], ident["random_init"]["acc"]
+        line("DINO identity retrieval in new contexts (random init)", f"{acc} ({rnd})", ">= 0.90, > random", acc >= 0.9)
+    if leak:
+        ok = all(v["gen_to_ref"] < v["ref_to_ref"] - 0.05 for d in leak.values() for v in d.values())
+        line("no leak (generation-to-reference DINO sim below reference-to-reference)", "see table", "clearly below", ok)
+    return "\n".join(lines)
 
 
 def _sum(*xs):

@@ -16,6 +16,9 @@ from diffrl.zoo.render import render_dataset
 
 log = logging.getLogger("diffrl.zoo.build")
 
+# build order of scripts/build_zoo.py (vae_decoder keeps the latent space, so unet may overlap with it)
+STAGES = ("clip", "vae", "vae_decoder", "clip_vision", "unet", "dino", "dino_eval", "subjects", "eval", "card")
+
 
 @dataclass
 class WorldData:
