@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, features
 
 FONT_ENV = "DIFFRL_EMOJI_FONT"
 FONT_CANDIDATES = (
@@ -53,6 +53,10 @@ def _font(path: str) -> ImageFont.FreeTypeFont:
 def glyph_rgba(char: str, font_path: str | None = None) -> np.ndarray:
     """Glyph rendered at 109 px and cropped to its alpha bounding box: uint8 ``[h, w, 4]``."""
     font = _font(font_path or str(find_font()))
+    if "\u200d" in char and not features.check("raqm"):
+        raise RuntimeError(
+            f"glyph {char!r} is a ZWJ sequence and needs Pillow's raqm layout (install `libfribidi0` / `libraqm0`)"
+        )
     canvas = Image.new("RGBA", (160, 140), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((4, 4), char, font=font, embedded_color=True)
     arr = np.asarray(canvas)
