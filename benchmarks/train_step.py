@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--prior", type=int, default=0, metavar="N",
+                        help="prior preservation with N class images for every method, as DreamBooth is used (default: off)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="diffrl-bench-"))
@@ -109,10 +111,11 @@ def main() -> None:
             Image.fromarray(np.random.default_rng(index).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(args.instance_dir / f"{index}.png")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     components = load_sd_components(args.pretrained, device=device)
+    prior = dict(num_class_images=args.prior, class_prompt="a photo of dog", class_dir=str(tmp / "class")) if args.prior else {}
     trainers = {
         name: Trainer(
             TrainConfig(pretrained=args.pretrained, instance_dir=str(args.instance_dir), instance_prompt="a photo of sks dog",
-                        output_dir=str(tmp / name), batch_size=args.batch_size, max_steps=1, **dino, **variant),
+                        output_dir=str(tmp / name), batch_size=args.batch_size, max_steps=1, **dino, **prior, **variant),
             components=components,
         )
         for name, variant in VARIANTS.items()
@@ -124,7 +127,8 @@ def main() -> None:
             if repeat >= args.warmup:
                 times[name].append(elapsed)
     memory = {name: peak_mib(trainer.train_step, device) for name, trainer in trainers.items()}
-    print(f"device: {device}, threads: {args.threads}, batch size: {args.batch_size}, repeats: {args.repeats} (median)")
+    print(f"device: {device}, threads: {args.threads}, batch size: {args.batch_size}, repeats: {args.repeats} (median), "
+          f"prior preservation: {f'{args.prior} class images' if args.prior else 'off'}")
     base = statistics.median(times["dreambooth"])
     print(f"{'method':<22}{'s/step':>10}{'peak MiB':>10}{'x DreamBooth':>14}{'mem x DB':>10}  target (time)")
     for name, values in times.items():
