@@ -2,6 +2,7 @@
 
 from diffrl.zoo.checker import classify_context, context_scores
 from diffrl.zoo.font import EmojiFontNotFoundError, find_font
+from diffrl.zoo.registry import DINOSpec, ZooPaths, load
 from diffrl.zoo.render import IMAGE_SIZE, SceneSpec, render, render_dataset, sample_spec
 from diffrl.zoo.world import (
     CLASSES,
@@ -18,6 +19,6 @@ from diffrl.zoo.world import (
 
 __all__ = [
     "CLASSES", "COLOURS", "CONTEXTS", "GLYPHS", "GLYPH_BY_NAME", "IDENTIFIER", "IMAGE_SIZE", "PRETRAIN_GLYPHS",
-    "SUBJECTS", "EmojiFontNotFoundError", "Glyph", "SceneSpec", "caption", "classify_context", "context_scores",
-    "find_font", "render", "render_dataset", "sample_spec",
+    "SUBJECTS", "DINOSpec", "EmojiFontNotFoundError", "ZooPaths", "Glyph", "SceneSpec", "caption", "classify_context", "context_scores",
+    "find_font", "load", "render", "render_dataset", "sample_spec",
 ]

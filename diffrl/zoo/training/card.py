@@ -125,6 +125,13 @@ generations to the subject's references vs. mean cosine among the references):
 
 {_targets(rec)}
 
+Why targets are missed (this build ran on 2 CPU cores shared with other jobs): the CLIP's zero-shot ceiling is
+low (see the real-render and VAE-reconstruction figures above), the 8x8x4 VAE loses glyph hue and detail, and the
+UNet saw ~5k steps of batch 64. The tiny DINOs' CLS features are dominated by the background's colour
+statistics: identity retrieval across backgrounds is at chance and, on a plain backdrop, no better than the same
+ViT at random initialisation; the background-swap stage did not fix this in the budget. Larger/longer runs of the
+same stages (more UNet steps, more DINO stage-2 steps) are the first things to try.
+
 ## Rebuild
 
 ```bash
