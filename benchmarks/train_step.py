@@ -86,6 +86,7 @@ def peak_mib(step: Callable[[], object], device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained", help="Stable Diffusion folder or hub id (default: a tiny random model)")
+    parser.add_argument("--zoo", action="store_true", help="the embedded emoji zoo: its SD model, DINO and a bundled subject")
     parser.add_argument("--instance-dir", type=Path, help="subject images (default: 4 random images)")
     parser.add_argument("--dino-weights", help="DINO weights (default: a tiny random DINO)")
     parser.add_argument("--image-size", type=int, default=64, help="image size of the tiny model (default: %(default)s)")
@@ -99,6 +100,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="diffrl-bench-"))
     dino = dict(dino_weights=args.dino_weights)
+    if args.zoo:
+        from diffrl.zoo.registry import load
+
+        zoo = load("emoji")
+        args.pretrained, args.instance_dir = str(zoo.sd), zoo.subjects / "poodle"
+        dino = dict(dino_weights=str(zoo.dino.file), dino_arch=zoo.dino.model_name, dino_kwargs=zoo.dino.kwargs)
     if args.pretrained is None:
         print("tiny random models: figures show framework overhead, not Stable Diffusion cost")
         args.pretrained = str(build_tiny_sd(tmp / "sd", image_size=args.image_size))

@@ -43,6 +43,13 @@ def test_dino_loads_the_given_weights(dino: DINOEncoder, tiny_dino: tuple[Path, 
     assert not dino.train().training
 
 
+def test_dino_accepts_a_saved_spec_that_names_num_classes(tiny_dino: tuple[Path, dict], dino: DINOEncoder) -> None:
+    path, kwargs = tiny_dino  # the zoo's timm.json stores num_classes=0 with the architecture
+    other = DINOEncoder.from_pretrained(weights=path, **{**kwargs, "num_classes": 0})
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(other(images), dino(images))
+
+
 def test_dino_loads_pth_weights(tmp_path: Path, tiny_dino: tuple[Path, dict], dino: DINOEncoder) -> None:
     torch.save({"model": load_file(str(tiny_dino[0]))}, tmp_path / "dino.pth")
     other = DINOEncoder.from_pretrained(weights=tmp_path / "dino.pth", **tiny_dino[1])

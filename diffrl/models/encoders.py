@@ -100,7 +100,8 @@ class DINOEncoder(_FrozenEncoder):
                 raise ModelLoadError(f"DINO weights file '{weights}' does not exist (pass a .safetensors or .pth file).")
             overlay = dict(file=str(weights), source="")
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **arch_kwargs)
+            arch_kwargs = {"num_classes": 0, **arch_kwargs}  # CLS features; a saved spec may already say so
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **arch_kwargs)
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             where = f"the weights file '{weights}'" if weights else f"the Hugging Face hub or cache for timm model '{name}'"
             raise ModelLoadError(
