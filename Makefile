@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# The colour-emoji font renders the zoo's world (tests of the renderer and `make zoo` need it).
+# The colour-emoji font and fribidi (Pillow's complex text layout, for multi-codepoint emoji) render the zoo's world;
+# the renderer's tests and `make zoo` need them.
 system-deps:
-	@fc-list 2>/dev/null | grep -qi "NotoColorEmoji" || ls /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf >/dev/null 2>&1 || \
-		(apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji >/dev/null)
+	@if ! ls /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf >/dev/null 2>&1 || ! ldconfig -p | grep -q libfribidi; then \
+		apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji libfribidi0 >/dev/null; fi
 
 demo: $(STAMP)
 	$(PY) examples/personalize_dino.py --output-dir outputs/demo
