@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is import
 import torch  # noqa: E402
 
 from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, evaluate, load_dreambench  # noqa: E402
+from diffrl.io import atomic_write, atomic_write_text  # noqa: E402
 from diffrl.zoo.registry import SUBJECTS_ROOT  # noqa: E402
 
 METRICS = ("DINO", "CLIP-I", "CLIP-T", "DINO (held-out)")
@@ -270,18 +271,8 @@ def plot(rows: dict, path: Path) -> None:
         ax.set_ylim(low - 0.5 * (high - low + 1e-3), high + 0.5 * (high - low + 1e-3))
         ax.set_title(metric)
     fig.tight_layout()
-    write_atomic(path, lambda temp: fig.savefig(temp, dpi=120, format="png"))
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=120, format="png"))
     plt.close(fig)
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def write_table(config: PaperTableConfig, results: dict, subjects: list[Subject]) -> dict:
@@ -290,8 +281,8 @@ def write_table(config: PaperTableConfig, results: dict, subjects: list[Subject]
     payload = {"budget": config.budget(), "subjects": [s.name for s in subjects], "paper_dpg_vs_dreambooth": PAPER,
                "rows": rows, "runs": results}
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    write_atomic(config.out / "table.json", lambda temp: temp.write_text(text))
-    write_atomic(config.out / "table.md", lambda temp: temp.write_text(to_markdown(config, rows, subjects)))
+    atomic_write_text(config.out / "table.json", text)
+    atomic_write_text(config.out / "table.md", to_markdown(config, rows, subjects))
     plot(rows, config.out / "table.png")
     return rows
 
@@ -363,7 +354,7 @@ def run(config: PaperTableConfig) -> dict:
               f"{elapsed / 60:.1f} min, ETA {'?' if math.isnan(eta) else f'{eta / 60:.1f}'} min", flush=True)
     rows = write_table(config, results, subjects)
     timings = json.dumps(clock.summary(), indent=2) + "\n"
-    write_atomic(config.out / "timings.json", lambda temp: temp.write_text(timings))
+    atomic_write_text(config.out / "timings.json", timings)
     print(to_markdown(config, rows, subjects))
     print(f"timings: {timings}table: {config.out / 'table.md'}, {config.out / 'table.json'}, {config.out / 'table.png'}")
     return rows

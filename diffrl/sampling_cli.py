@@ -42,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from torchvision.utils import make_grid, save_image
 
+    from diffrl.io import atomic_write
     from diffrl.models import load_sd_components
     from diffrl.sampling import generate
 
@@ -57,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     for path, image in zip(targets, [*images, make_grid(images, nrow=args.num_images)]):
-        temporary = path.with_suffix(".tmp.png")
-        save_image(image, temporary)
-        temporary.replace(path)
+        atomic_write(path, lambda handle: save_image(image, handle, format="png"))
     print(f"wrote {len(prompts)} images and grid.png to {args.out}")
     return 0

@@ -25,6 +25,7 @@ from torch import Tensor
 from diffrl.data.images import load_image_tensor
 from diffrl.evaluation.dreambench import Subject
 from diffrl.evaluation.metrics import mean_reference_similarity, paired_similarity, remove_identifier
+from diffrl.io import atomic_save_png, atomic_write_text
 from diffrl.models.loading import SDComponents
 from diffrl.sampling import generate
 
@@ -179,25 +180,6 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temp)`` on a temporary file beside ``path`` and rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
-
-
-def _write_png(path: Path, image: Image.Image) -> None:
-    _atomic_write(path, lambda temp: image.save(temp, format="PNG"))
-
-
 def _to_pil(image: Tensor) -> Image.Image:
     """``[3, H, W]`` in ``[0, 1]`` -> RGB image."""
     array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
@@ -277,10 +259,10 @@ def evaluate_subject(
             stale.unlink()
         for p, row in enumerate(rows):
             for k, image in enumerate(row):
-                _write_png(folder / f"{p:02d}_{k}.png", image)
+                atomic_save_png(image, folder / f"{p:02d}_{k}.png")
     grid = Path("grids") / f"{subject.name}.png"
     reference_images = [_to_pil(reference[0]) for reference in references]
-    _write_png(out_dir / grid, make_grid(reference_images, rows, config.grid_cell))
+    atomic_save_png(make_grid(reference_images, rows, config.grid_cell), out_dir / grid)
     return SubjectResult(
         name=subject.name,
         class_noun=subject.class_noun,
@@ -318,6 +300,6 @@ def evaluate(
         logger.info("Evaluating subject %d/%d: %s", index, len(subjects), subject.name)
         results.append(evaluate_subject(components, subject, encoders, config, out_dir))
     report = EvaluationReport(components.source, config, encoders.metric_names(), results)
-    _write_text(out_dir / "report.md", report.to_markdown())
-    _write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / "report.md", report.to_markdown())
+    atomic_write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     return report

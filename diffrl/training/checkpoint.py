@@ -25,6 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from diffrl.io import atomic_write_text, fsync_path
+
 MANIFEST = "manifest.json"
 LATEST = "latest"
 PATTERN = re.compile(r"^ckpt-(\d+)$")
@@ -42,30 +44,6 @@ class Checkpoint:
     tensors: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # group -> name -> tensor
     states: dict[str, Any] = field(default_factory=dict)  # name -> state dict (tensors, numbers, lists, dicts)
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file or directory to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` by `text` atomically: temporary file in the same directory, fsync, ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(path: Path) -> str:

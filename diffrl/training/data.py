@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from diffrl.data.images import ImageLoadError, list_images, load_image, pil_to_tensor
+from diffrl.io import atomic_save_png
 
 
 class ReferenceImages:
@@ -89,20 +89,6 @@ def check_identifier(prompt: str, identifier: str) -> bool:
         stacklevel=2,
     )
     return False
-
-
-def atomic_save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG via a temporary file in the same folder, fsync and rename: never a half-written image."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def ensure_class_images(
