@@ -69,8 +69,8 @@ class PaperTableConfig:
     lr_critic: float = 1e-4
     batch_size: int = 1
     num_class_images: int = 0
-    # Training schedule of the reference env. Not 1000: with SD's steps_offset=1, DDIM's 1000-step schedule holds
-    # timestep 1000, out of range of alphas_cumprod (IndexError whenever step index 0 is drawn).
+    # Training schedule of the reference env: 999, the longest SD's steps_offset=1 allows (1000 would hold timestep
+    # 1000, which `BatchedScheduler` rejects).
     train_schedule_steps: int = 999
     prompts_per_subject: int = 10
     images_per_prompt: int = 4

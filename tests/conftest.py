@@ -36,6 +36,23 @@ def tiny_clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dino(tiny_dino: tuple[Path, dict]):
+    """The tiny ViT loaded as a frozen `DINOEncoder` through timm's pretrained-file path."""
+    from diffrl.models.encoders import DINOEncoder
+
+    path, kwargs = tiny_dino
+    return DINOEncoder.from_pretrained(weights=path, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def clip(tiny_clip_path: Path):
+    """The tiny CLIP loaded as a frozen `CLIPEncoder`."""
+    from diffrl.models.encoders import CLIPEncoder
+
+    return CLIPEncoder.from_pretrained(tiny_clip_path)
+
+
+@pytest.fixture(scope="session")
 def dreambench_root() -> Path:
     """The DreamBench dataset shipped in ../shared/dreambench."""
     if not DREAMBENCH.is_dir():

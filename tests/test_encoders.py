@@ -18,17 +18,6 @@ from diffrl.models.loading import ModelLoadError
 
 
 @pytest.fixture(scope="module")
-def dino(tiny_dino: tuple[Path, dict]) -> DINOEncoder:
-    path, kwargs = tiny_dino
-    return DINOEncoder.from_pretrained(weights=path, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def clip(tiny_clip_path: Path) -> CLIPEncoder:
-    return CLIPEncoder.from_pretrained(tiny_clip_path)
-
-
-@pytest.fixture(scope="module")
 def photo(dreambench_root: Path):
     return load_image(list_images(dreambench_root / "dog")[0])
 

@@ -36,17 +36,6 @@ def sd(tiny_sd_path: Path):
     return load_sd_components(tiny_sd_path)
 
 
-@pytest.fixture(scope="module")
-def dino(tiny_dino: tuple[Path, dict]) -> DINOEncoder:
-    path, kwargs = tiny_dino
-    return DINOEncoder.from_pretrained(weights=path, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def clip(tiny_clip_path: Path) -> CLIPEncoder:
-    return CLIPEncoder.from_pretrained(tiny_clip_path)
-
-
 def make_inputs(batch: int = 3, images: torch.Tensor | None = None, seed: int = 0, **kwargs) -> RewardInputs:
     """Random latents/actions at random timesteps; ``images`` (if given) are what ``decode`` returns."""
     gen = torch.Generator().manual_seed(seed)
