@@ -217,6 +217,37 @@ def evaluate(loss: DPGLoss, batch: TensorDict, rounds: int = 2) -> float:
     return float(np.mean(rewards))
 
 
+def training_gains(base, make_reward, config: DPGConfig, env_kwargs: dict, warmup: int, actor_lr: float,
+                   seeds: range = range(5), steps: int = 40) -> np.ndarray:
+    """Relative change of the reward of mu(s) on fixed states after ``steps`` DPG updates, one entry per seed."""
+    gains = []
+    for seed in seeds:
+        components = dataclasses.replace(base, unet=copy.deepcopy(base.unet))
+        loss = make_dpg(components, config, reward=make_reward(), seed=seed, **env_kwargs)
+        batch = make_batch(loss.env)
+        actor_optim = torch.optim.AdamW(loss.actor_parameters(), lr=actor_lr)
+        critic_optim = torch.optim.AdamW(loss.critic_parameters(), lr=3e-3)
+        before = evaluate(loss, batch)
+        loss.env.set_seed(seed)
+        for step in range(steps):
+            out = loss(batch)
+            sum(value for key, value in out.items() if key.startswith("loss_")).backward()
+            critic_optim.step()
+            if step >= warmup:  # let the critic learn the reward before the actor follows its gradient
+                actor_optim.step()
+            critic_optim.zero_grad()
+            actor_optim.zero_grad()
+            loss.target_updater.step()
+        gains.append((evaluate(loss, batch) - before) / abs(before))
+    return np.array(gains)
+
+
+def assert_clear_increase(gains: np.ndarray) -> None:
+    """At least 4 of 5 seeds improve and the mean gain exceeds 3 standard errors (with the critic's gradient
+    switched off, lam = 0 and no eps-MSE, every gain is exactly 0 and this fails)."""
+    assert (gains > 0).sum() >= 4 and gains.mean() > 3 * gains.std(ddof=1) / np.sqrt(len(gains)), gains
+
+
 @pytest.mark.parametrize(
     ("reward", "config", "env_kwargs", "warmup", "actor_lr"),
     [
@@ -228,29 +259,18 @@ def evaluate(loss: DPGLoss, batch: TensorDict, rounds: int = 2) -> float:
     ids=["lookforward", "black_box"],
 )
 def test_short_dpg_training_increases_the_reward(base, reward, config, env_kwargs, warmup, actor_lr):
-    gains = []
-    for seed in range(5):
-        components = dataclasses.replace(base, unet=copy.deepcopy(base.unet))
-        loss = make_dpg(components, config, reward=reward(), seed=seed, **env_kwargs)
-        batch = make_batch(loss.env)
-        actor_optim = torch.optim.AdamW(loss.actor_parameters(), lr=actor_lr)
-        critic_optim = torch.optim.AdamW(loss.critic_parameters(), lr=3e-3)
-        before = evaluate(loss, batch)
-        loss.env.set_seed(seed)
-        for step in range(40):
-            out = loss(batch)
-            sum(value for key, value in out.items() if key.startswith("loss_")).backward()
-            critic_optim.step()
-            if step >= warmup:  # let the critic learn the reward before the actor follows its gradient
-                actor_optim.step()
-            critic_optim.zero_grad()
-            actor_optim.zero_grad()
-            loss.target_updater.step()
-        gains.append((evaluate(loss, batch) - before) / abs(before))
-    # a statistically clear increase: at least 4 of 5 seeds improve and the mean gain exceeds 3 standard errors
-    # (without the critic's gradient, lam = 0, every gain is exactly 0 and this fails)
-    gains = np.array(gains)
-    assert (gains > 0).sum() >= 4 and gains.mean() > 3 * gains.std(ddof=1) / np.sqrt(len(gains)), gains
+    assert_clear_increase(training_gains(base, reward, config, env_kwargs, warmup, actor_lr))
+
+
+def test_short_dpg_training_increases_a_dino_reward(base, dino):
+    """DINO similarity of the decoded x0_hat to the instance images (the decoded batch latents), through the
+    critic alone (no eps-MSE term), over all noise levels. The critic is one-step (gamma = 0): with gamma 0.5 or
+    0.9 the gain was positive on 4 of 5 seeds but not beyond 3 standard errors in 40-80 steps of this tiny model."""
+    x0 = make_batch(make_env(base))["x0"]
+    with torch.no_grad():
+        instance_images = (base.vae.decode(x0).sample.clamp(-1, 1) + 1) / 2
+    config = DPGConfig(gamma=0.0, eps_weight=0.0, tau=0.05, exploration_std=0.3)
+    assert_clear_increase(training_gains(base, lambda: DINOReward(dino, instance_images), config, {}, 10, 1e-3))
 
 
 def test_dpg_with_a_dino_reward(components, tiny_dino):
