@@ -24,7 +24,7 @@ OUT = ROOT / "diffrl" / "zoo" / "weights" / "emoji"
 CACHE = ROOT / "build" / "zoo"
 
 
-def run_stage(stage: str, threads: int, budget_min: float | None = None, resume: bool = False) -> None:
+def run_stage(stage: str, threads: int, budget_min: float | None = None) -> None:
     torch.set_num_threads(threads)
     record_path = CACHE / f"record_{stage}.json"
     record: dict = {}
@@ -53,11 +53,11 @@ def run_stage(stage: str, threads: int, budget_min: float | None = None, resume:
         elif stage == "dino":
             from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 
-            record[stage].update(train_dino(world_data(CACHE), OUT / "dino", DINOTrainConfig(seed=0), resume=resume))
+            record[stage].update(train_dino(OUT / "dino", DINOTrainConfig(seed=0)))
         elif stage == "dino_eval":
             from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 
-            record[stage].update(train_dino(world_data(CACHE), OUT / "dino_eval", DINOTrainConfig(seed=1), resume=resume))
+            record[stage].update(train_dino(OUT / "dino_eval", DINOTrainConfig(seed=1)))
         elif stage == "subjects":
             from diffrl.zoo.subjects import write_subjects
 
@@ -80,13 +80,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--unet-budget-min", type=float, default=None,
                     help="stop UNet training after this many minutes (LR schedule follows elapsed time)")
-    ap.add_argument("--resume-dino", action="store_true",
-                    help="dino stages: skip stage 1 and continue stage 2 from the saved backbone")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     for stage in STAGES if args.stage == "all" else (args.stage,):
-        run_stage(stage, args.threads, args.unet_budget_min, args.resume_dino)
+        run_stage(stage, args.threads, args.unet_budget_min)
 
 
 if __name__ == "__main__":

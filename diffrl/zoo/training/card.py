@@ -76,16 +76,17 @@ prompts, e.g. "a red dog in the snow". Held out of all pretraining (the personal
 | --- | --- | --- | --- | --- | --- |
 {table}
 
-DINO: student/EMA-teacher self-distillation (centering + sharpening, 2 augmented global crops: random resized
-crop, flip, colour jitter, grayscale), no labels. Stage 1 on the cached scenes; stage 2 restarts from the stage-1
-teacher backbone (fresh head, own LR/momentum schedule, teacher temperature 0.02) with background augmentation
-(Ryali et al. 2021, done with the renderer): the teacher sees two crops of a fresh scene, the student those two
-plus a crop of the same glyph and pose rendered over a different background. (Swapped backgrounds for both views
-collapsed to the uniform solution.) The shipped DINOs ran stage 2 as `--stage dino --resume-dino` from the saved
-stage-1 backbone. CLIP stage 2 trains only the vision tower (+ projection, temperature) against the frozen text
-tower, on scenes with strong blur augmentation and, for half of each batch, VAE reconstructions of 6,000 scenes
-(robustness to decoded samples), so `sd/text_encoder` stays identical to the CLIP text tower. VAE stage 2 trains
-only the decoder, so the latent space that the UNet was trained on is unchanged.
+DINO: student/EMA-teacher self-distillation (centering + sharpening, unit-norm prototypes as DINO's
+`norm_last_layer`), no labels. The two views of a sample are one scene (glyph, colour, pose) rendered by
+`diffrl.zoo.render` over two different backdrops (background augmentation, Ryali et al. 2021), each with a random
+resized crop and flip; both views go to teacher and student, cross-view loss. No colour jitter: a glyph's colour is
+part of its identity (with DINO's colour jitter and grayscale the held-out retrieval below stayed at 0.66). A
+learnable prototype norm collapsed every run to the uniform distribution (loss = log(out_dim)).
+CLIP stage 2 replaces the vision tower by a fresh one with 8-pixel patches (64 tokens instead of 16) and trains it
+(+ projection, temperature) against the frozen text tower, on scenes with strong blur augmentation and, for half of
+each batch, VAE reconstructions of 6,000 scenes (robustness to decoded samples), so `sd/text_encoder` stays
+identical to the CLIP text tower. VAE stage 2 trains only the decoder, so the latent space that the UNet was
+trained on is unchanged.
 
 Text encoder and tokenizer of `sd/` are the CLIP text tower (frozen while training the UNet) and its BPE
 tokenizer (vocabulary built on the caption corpus; the identifier `sks` is one token). The UNet was trained with

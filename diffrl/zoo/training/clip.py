@@ -29,8 +29,9 @@ class CLIPTrainConfig:
     batch: int = 96
     lr: float = 1e-3
     train_text_len: int = 16  # captions are short: train on the first 16 positions (77 at inference)
-    vision_steps: int = 600  # second stage: vision tower only (text tower frozen = the SD text encoder)
-    vision_lr: float = 5e-4
+    vision_patch: int = 8  # second stage: a fresh, finer vision tower against the frozen text tower (= SD's)
+    vision_steps: int = 1500
+    vision_lr: float = 1e-3
     recon_images: int = 6000  # stage 2 also sees VAE reconstructions of this many scenes (half of each batch)
     seed: int = 0
 
@@ -109,14 +110,21 @@ def vae_reconstructions(vae_dir: Path, data: WorldData, n: int, batch: int = 100
 
 
 def refine_clip_vision(data: WorldData, out_dir: Path, vae_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
-    """Second CLIP stage: train only the vision tower (+ projection, temperature) against the frozen text tower,
-    on scenes (strong blur augmentation) and, for half of each batch, their VAE reconstructions (robustness to
-    decoded samples). The text tower stays bit-identical to the SD pipeline's text encoder."""
+    """Second CLIP stage: replace the vision tower by a fresh one with ``cfg.vision_patch`` pixel patches and train
+    it (+ projection, temperature) against the frozen text tower (locked-text contrastive tuning), on scenes
+    (strong blur augmentation) and, for half of each batch, their VAE reconstructions (robustness to decoded
+    samples). The text tower stays bit-identical to the SD pipeline's text encoder."""
     gen = seed_all(cfg.seed + 1)
     recon = vae_reconstructions(vae_dir, data, cfg.recon_images)
     log.info("clip vision: %d VAE reconstructions ready", len(recon))
-    model = CLIPModel.from_pretrained(out_dir)
+    joint = CLIPModel.from_pretrained(out_dir)
     tok = CLIPTokenizer.from_pretrained(out_dir)
+    config = joint.config.to_dict()
+    vision = dict(config["vision_config"], patch_size=cfg.vision_patch)
+    model = CLIPModel(CLIPConfig(text_config=config["text_config"], vision_config=vision,
+                                 projection_dim=joint.config.projection_dim))
+    model.text_model.load_state_dict(joint.text_model.state_dict())
+    model.text_projection.load_state_dict(joint.text_projection.state_dict())
     model.requires_grad_(False)
     params = list(model.vision_model.parameters()) + list(model.visual_projection.parameters()) + [model.logit_scale]
     for p in params:
@@ -132,7 +140,7 @@ def refine_clip_vision(data: WorldData, out_dir: Path, vae_dir: Path, cfg: CLIPT
     model.train()
     for step in range(cfg.vision_steps):
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.vision_steps, cfg.vision_lr, warmup=20)
+            g["lr"] = cosine_lr(step, cfg.vision_steps, cfg.vision_lr, warmup=100)
         idx = torch.randint(n, (cfg.batch,), generator=gen)
         idx[: cfg.batch // 2] = torch.randint(cfg.recon_images, (cfg.batch // 2,), generator=gen)
         x = torch.cat([recon[idx[: cfg.batch // 2]], data.tensor(idx[cfg.batch // 2 :].numpy())])
@@ -153,4 +161,4 @@ def refine_clip_vision(data: WorldData, out_dir: Path, vae_dir: Path, cfg: CLIPT
     model.eval()
     model.save_pretrained(out_dir)
     return {"final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.vision_steps,
-            "recon_images": cfg.recon_images}
+            "patch": cfg.vision_patch, "recon_images": cfg.recon_images}
