@@ -81,3 +81,26 @@ def test_weights_load_offline_and_generate(monkeypatch):
         vit = spec.create()
         assert vit(torch.rand(2, 3, 64, 64)).shape == (2, spec.kwargs["embed_dim"])
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_sd_text_encoder_is_the_frozen_clip_text_tower():
+    from safetensors.torch import load_file
+
+    paths = zoo.load("emoji")
+    text_encoder = load_file(paths.sd / "text_encoder" / "model.safetensors")
+    clip = load_file(paths.clip / "model.safetensors")
+    assert text_encoder and all(torch.equal(value, clip[f"text_model.{key}"]) for key, value in text_encoder.items())
+
+
+def test_shipped_dino_identifies_held_out_subjects_in_new_scenes_far_above_random_init():
+    import timm
+
+    from diffrl.zoo.training.evaluate import identity_retrieval
+
+    paths = zoo.load("emoji")
+    torch.manual_seed(0)
+    random_init = timm.create_model("vit_small_patch16_224", pretrained=False, **paths.dino.kwargs).eval()
+    contexts = [c for c in zoo.CONTEXTS if c != "plain"]
+    chance = identity_retrieval(random_init, contexts, per_subject=8)["acc"]
+    for spec in (paths.dino, paths.dino_eval):
+        assert identity_retrieval(spec.create(), contexts, per_subject=8)["acc"] >= chance + 0.4

@@ -160,5 +160,5 @@ def refine_clip_vision(data: WorldData, out_dir: Path, vae_dir: Path, cfg: CLIPT
             log.info("clip vision step %d/%d loss %.4f", step, cfg.vision_steps, float(np.mean(losses[-100:])))
     model.eval()
     model.save_pretrained(out_dir)
-    return {"final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.vision_steps,
+    return {"params": n_params(model), "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.vision_steps,
             "patch": cfg.vision_patch, "recon_images": cfg.recon_images}
