@@ -35,8 +35,8 @@ def base(tiny_sd_path) -> SDComponents:
 
 @pytest.fixture
 def components(base) -> SDComponents:
-    """The tiny pipeline with a private copy of the U-Net (tests train or add LoRA to it)."""
-    return dataclasses.replace(base, unet=copy.deepcopy(base.unet))
+    """The tiny pipeline with private copies of the U-Net and text encoder (tests train them or add LoRA)."""
+    return dataclasses.replace(base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder))
 
 
 def make_env(components, reward=None, steps: int = 10, mode: str = "reference", seed: int = 0, **kwargs) -> DenoisingEnv:
@@ -243,9 +243,9 @@ def training_gains(base, make_reward, config: DPGConfig, env_kwargs: dict, warmu
 
 
 def assert_clear_increase(gains: np.ndarray) -> None:
-    """At least 4 of 5 seeds improve and the mean gain exceeds 3 standard errors (with the critic's gradient
+    """At least 80% of the seeds improve and the mean gain exceeds 3 standard errors (with the critic's gradient
     switched off, lam = 0 and no eps-MSE, every gain is exactly 0 and this fails)."""
-    assert (gains > 0).sum() >= 4 and gains.mean() > 3 * gains.std(ddof=1) / np.sqrt(len(gains)), gains
+    assert (gains > 0).mean() >= 0.8 and gains.mean() > 3 * gains.std(ddof=1) / np.sqrt(len(gains)), gains
 
 
 @pytest.mark.parametrize(
@@ -264,13 +264,17 @@ def test_short_dpg_training_increases_the_reward(base, reward, config, env_kwarg
 
 def test_short_dpg_training_increases_a_dino_reward(base, dino):
     """DINO similarity of the decoded x0_hat to the instance images (the decoded batch latents), through the
-    critic alone (no eps-MSE term), over all noise levels. The critic is one-step (gamma = 0): with gamma 0.5 or
-    0.9 the gain was positive on 4 of 5 seeds but not beyond 3 standard errors in 40-80 steps of this tiny model."""
+    critic alone (no eps-MSE term), over all noise levels, with a one-step critic (gamma = 0).
+
+    On this random tiny model the gain is noisy per seed (measured over 20 seeds: mean +0.15, std 0.14, 17 of 20
+    positive), so the test pools 20 seeds; 5 seeds, or gamma 0.5 / 0.9, were not beyond 3 standard errors on
+    every seed range tried."""
     x0 = make_batch(make_env(base))["x0"]
     with torch.no_grad():
         instance_images = (base.vae.decode(x0).sample.clamp(-1, 1) + 1) / 2
     config = DPGConfig(gamma=0.0, eps_weight=0.0, tau=0.05, exploration_std=0.3)
-    assert_clear_increase(training_gains(base, lambda: DINOReward(dino, instance_images), config, {}, 10, 1e-3))
+    gains = training_gains(base, lambda: DINOReward(dino, instance_images), config, {}, 10, 1e-3, seeds=range(20))
+    assert_clear_increase(gains)
 
 
 def test_dpg_with_a_dino_reward(components, tiny_dino):
