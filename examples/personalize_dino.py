@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser, pretrained_required=False)
     parser.add_argument("--subject", default="poodle", help="zoo subject when --pretrained is not given")
-    parser.set_defaults(max_steps=40, lr_actor=1e-4, output_dir=Path("runs/personalize_dino"), checkpoint_every=20)
+    parser.set_defaults(max_steps=200, lr_actor=1e-4, output_dir=Path("runs/personalize_dino"), checkpoint_every=100)
     args = parser.parse_args()
     overrides = {} if args.pretrained else zoo_defaults(args.subject)
     trainer = Trainer(config_from_args(args, **overrides))
@@ -68,9 +69,14 @@ def main() -> None:
     grid = make_grid(torch.cat([references, before, after]), nrow=4).permute(1, 2, 0)
     plt.imsave(Path(config.output_dir) / "before_after.png", grid.clamp(0, 1).numpy())
     steps = [h["step"] for h in result.history]
+    rewards = np.array([h.get("reward", np.nan) for h in result.history])
+    window = max(1, len(rewards) // 10)  # each step's reward is at a random noise level: show a running mean too
+    running = np.convolve(rewards, np.ones(window) / window, mode="valid")
     plt.figure(figsize=(5, 3))
-    plt.plot(steps, [h.get("reward", float("nan")) for h in result.history])
-    plt.xlabel("step"), plt.ylabel("reward (mean over batch)"), plt.title(config.instance_prompt), plt.tight_layout()
+    plt.plot(steps, rewards, alpha=0.3, label="per step")
+    plt.plot(steps[window - 1 :], running, label=f"running mean ({window} steps)")
+    plt.xlabel("step"), plt.ylabel("reward (mean over batch)"), plt.title(config.instance_prompt)
+    plt.legend(), plt.tight_layout()
     plt.savefig(Path(config.output_dir) / "reward_curve.png", dpi=120)
     print(f"rows: references / before / after -> {config.output_dir}/before_after.png; model -> {result.model_dir}")
 
