@@ -140,6 +140,11 @@ python scripts/build_zoo.py               # all stages, in order: {", ".join(STA
 python scripts/build_zoo.py --stage unet --unet-budget-min 45 --threads 2   # one stage
 ```
 
+Time: `build_zoo.py` runs the stages one after another, and their times (`build_record.json`, measured while other
+jobs shared the 2 cores, so inflated) add up to about 2.9 h. Two cores scheduled by hand (clip then unet on one;
+vae, vae_decoder, clip_vision, dino, dino_eval on the other) would take about 1 h 36 min by the same times. Both are
+over the 90-minute budget set for the zoo.
+
 Scenes are cached in `build/zoo/` (not shipped); per-stage records land in `build/zoo/record_<stage>.json` and
 are collected into `build_record.json` here.
 
