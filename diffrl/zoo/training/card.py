@@ -8,6 +8,11 @@ from pathlib import Path
 from diffrl.zoo.training.common import STAGES
 from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS
 
+# a two-core schedule that respects the stage dependencies (unet needs clip and vae; clip_vision needs clip and
+# vae_decoder): one lane per core
+LANE_A = ("clip", "unet")
+LANE_B = ("vae", "vae_decoder", "clip_vision", "dino", "dino_eval")
+
 
 def _mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
@@ -123,7 +128,7 @@ generations to the subject's references vs. mean cosine among the references):
 
 {_targets(rec)}
 
-Why two targets are still missed (this build ran on 2 CPU cores shared with other jobs):
+Why targets are still missed (this build ran on 2 CPU cores shared with other jobs):
 - CLIP class of generations: the UNet (about 5k steps of batch 64) is now the limit. The patch-8 vision tower
   classifies real renders at {refs.get('clip_class_acc_real_renders')} and their VAE reconstructions at
   {refs.get('clip_class_acc_vae_reconstructions')}, but generations only at {pf.get('clip_class_acc')} (per class above). More UNet steps are the next thing to try.
@@ -141,9 +146,10 @@ python scripts/build_zoo.py --stage unet --unet-budget-min 45 --threads 2   # on
 ```
 
 Time: `build_zoo.py` runs the stages one after another, and their times (`build_record.json`, measured while other
-jobs shared the 2 cores, so inflated) add up to about 2.9 h. Two cores scheduled by hand (clip then unet on one;
-vae, vae_decoder, clip_vision, dino, dino_eval on the other) would take about 1 h 36 min by the same times. Both are
-over the 90-minute budget set for the zoo.
+jobs shared the 2 cores, so inflated) add up to {_hours(_sum(*(g(s, 'seconds') for s in STAGES)))}. Two cores scheduled
+by hand ({" then ".join(LANE_A)} on one; {", ".join(LANE_B)} on the other) would take
+{_hours(max(_sum(*(g(s, 'seconds') for s in LANE_A)), _sum(*(g(s, 'seconds') for s in LANE_B))))} by the same times.
+The budget set for the zoo is 90 minutes.
 
 Scenes are cached in `build/zoo/` (not shipped); per-stage records land in `build/zoo/record_<stage>.json` and
 are collected into `build_record.json` here.
@@ -174,6 +180,10 @@ def _targets(rec: dict) -> str:
         ok = all(v["gen_to_ref"] < v["ref_to_ref"] - 0.05 for d in leak.values() for v in d.values())
         line("no leak (generation-to-reference DINO sim below reference-to-reference)", "see table", "clearly below", ok)
     return "\n".join(lines)
+
+
+def _hours(seconds: float) -> str:
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
 
 
 def _sum(*xs):
