@@ -56,7 +56,7 @@ def method_settings(weight: float) -> dict[str, dict]:
 class PaperTableConfig:
     """One benchmark: which subjects, seeds and methods, the shared training budget and the evaluation subset.
 
-    The defaults (75 training runs + 76 evaluations) take about 45 minutes on 2 shared CPU cores with the emoji zoo.
+    The defaults (75 training runs + 76 evaluations) take about 35 minutes on one CPU thread with the emoji zoo.
     """
 
     out: Path

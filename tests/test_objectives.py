@@ -33,10 +33,14 @@ def base(tiny_sd_path) -> SDComponents:
     return load_sd_components(tiny_sd_path, scheduler="ddim")
 
 
+def private_copy(base: SDComponents) -> SDComponents:
+    """``base`` with private copies of the U-Net and text encoder (tests train them or add LoRA)."""
+    return dataclasses.replace(base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder))
+
+
 @pytest.fixture
 def components(base) -> SDComponents:
-    """The tiny pipeline with private copies of the U-Net and text encoder (tests train them or add LoRA)."""
-    return dataclasses.replace(base, unet=copy.deepcopy(base.unet), text_encoder=copy.deepcopy(base.text_encoder))
+    return private_copy(base)
 
 
 def make_env(components, reward=None, steps: int = 10, mode: str = "reference", seed: int = 0, **kwargs) -> DenoisingEnv:
@@ -222,8 +226,7 @@ def training_gains(base, make_reward, config: DPGConfig, env_kwargs: dict, warmu
     """Relative change of the reward of mu(s) on fixed states after ``steps`` DPG updates, one entry per seed."""
     gains = []
     for seed in seeds:
-        components = dataclasses.replace(base, unet=copy.deepcopy(base.unet))
-        loss = make_dpg(components, config, reward=make_reward(), seed=seed, **env_kwargs)
+        loss = make_dpg(private_copy(base), config, reward=make_reward(), seed=seed, **env_kwargs)
         batch = make_batch(loss.env)
         actor_optim = torch.optim.AdamW(loss.actor_parameters(), lr=actor_lr)
         critic_optim = torch.optim.AdamW(loss.critic_parameters(), lr=3e-3)
