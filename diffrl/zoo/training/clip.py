@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all, written_atomically
 from diffrl.zoo.training.tokenizer import build_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -68,33 +69,35 @@ def augment(x: torch.Tensor, gen: torch.Generator, strong: bool = False) -> torc
 
 
 def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
-    """Train and ``save_pretrained`` model + processor (tokenizer, 64 px image processor) to ``out_dir``."""
+    """Stage 1: train text and vision towers jointly; ``save_pretrained`` model + processor (tokenizer, 64 px image
+    processor) to ``out_dir``."""
     gen = seed_all(cfg.seed)
-    tok = build_tokenizer(out_dir)
-    model = CLIPModel(clip_config(tok, cfg))
-    ids = tok(data.captions, padding="max_length", max_length=cfg.train_text_len, truncation=True,
-              return_tensors="pt").input_ids
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
-    n, losses = len(data.images), []
-    model.train()
-    for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-        idx = torch.randint(n, (cfg.batch,), generator=gen)
-        pixels = normalize(augment(data.tensor(idx.numpy()), gen))
-        out = model(input_ids=ids[idx], pixel_values=pixels, return_loss=True)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(out.loss.item())
-        if step % 100 == 0 or step == cfg.steps - 1:
-            log.info("clip step %d/%d loss %.4f", step, cfg.steps, float(np.mean(losses[-100:])))
-    model.eval()
-    model.save_pretrained(out_dir)
-    proc = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
-                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(out_dir)
+    with written_atomically(out_dir) as tmp:
+        tok = build_tokenizer(tmp)
+        model = CLIPModel(clip_config(tok, cfg))
+        ids = tok(data.captions, padding="max_length", max_length=cfg.train_text_len, truncation=True,
+                  return_tensors="pt").input_ids
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
+        n, losses = len(data.images), []
+        model.train()
+        for step in range(cfg.steps):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+            idx = torch.randint(n, (cfg.batch,), generator=gen)
+            pixels = normalize(augment(data.tensor(idx.numpy()), gen))
+            out = model(input_ids=ids[idx], pixel_values=pixels, return_loss=True)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(out.loss.item())
+            if step % 100 == 0 or step == cfg.steps - 1:
+                log.info("clip step %d/%d loss %.4f", step, cfg.steps, float(np.mean(losses[-100:])))
+        model.eval()
+        model.save_pretrained(tmp)
+        proc = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                                  image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+        CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(tmp)
     return {"params": n_params(model), "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.steps}
 
 
@@ -109,16 +112,18 @@ def vae_reconstructions(vae_dir: Path, data: WorldData, n: int, batch: int = 100
     return torch.cat(out)
 
 
-def refine_clip_vision(data: WorldData, out_dir: Path, vae_dir: Path, cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
+def refine_clip_vision(data: WorldData, joint_dir: Path, vae_dir: Path, out_dir: Path,
+                       cfg: CLIPTrainConfig = CLIPTrainConfig()) -> dict:
     """Second CLIP stage: replace the vision tower by a fresh one with ``cfg.vision_patch`` pixel patches and train
     it (+ projection, temperature) against the frozen text tower (locked-text contrastive tuning), on scenes
     (strong blur augmentation) and, for half of each batch, their VAE reconstructions (robustness to decoded
-    samples). The text tower stays bit-identical to the SD pipeline's text encoder."""
+    samples). The text tower of the stage-1 CLIP in ``joint_dir`` stays bit-identical (it is the SD pipeline's text
+    encoder); the model and the stage-1 tokenizer and processor files are saved to ``out_dir``."""
     gen = seed_all(cfg.seed + 1)
     recon = vae_reconstructions(vae_dir, data, cfg.recon_images)
     log.info("clip vision: %d VAE reconstructions ready", len(recon))
-    joint = CLIPModel.from_pretrained(out_dir)
-    tok = CLIPTokenizer.from_pretrained(out_dir)
+    joint = CLIPModel.from_pretrained(joint_dir)
+    tok = CLIPTokenizer.from_pretrained(joint_dir)
     config = joint.config.to_dict()
     vision = dict(config["vision_config"], patch_size=cfg.vision_patch)
     model = CLIPModel(CLIPConfig(text_config=config["text_config"], vision_config=vision,
@@ -159,6 +164,10 @@ def refine_clip_vision(data: WorldData, out_dir: Path, vae_dir: Path, cfg: CLIPT
         if step % 100 == 0 or step == cfg.vision_steps - 1:
             log.info("clip vision step %d/%d loss %.4f", step, cfg.vision_steps, float(np.mean(losses[-100:])))
     model.eval()
-    model.save_pretrained(out_dir)
+    with written_atomically(out_dir) as tmp:
+        for f in joint_dir.iterdir():  # tokenizer and image processor of stage 1
+            if f.is_file() and f.name not in ("config.json", "model.safetensors"):
+                shutil.copy(f, tmp / f.name)
+        model.save_pretrained(tmp)
     return {"params": n_params(model), "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.vision_steps,
             "patch": cfg.vision_patch, "recon_images": cfg.recon_images}

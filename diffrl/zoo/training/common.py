@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +20,18 @@ from diffrl.zoo.render import render_dataset
 
 log = logging.getLogger("diffrl.zoo.build")
 
-# build order of scripts/build_zoo.py (vae_decoder keeps the latent space, so unet may overlap with it)
+# build order of scripts/build_zoo.py when run one stage after another
 STAGES = ("clip", "vae", "vae_decoder", "clip_vision", "unet", "dino", "dino_eval", "subjects", "eval", "card")
+# what each stage reads: the stages that must have finished before it starts. Every folder is written by exactly
+# one stage (first stages write to the build cache), so stages without a path between them may run at once.
+STAGE_DEPENDS: dict[str, tuple[str, ...]] = {
+    "clip": (), "vae": (), "dino": (), "dino_eval": (), "subjects": (),
+    "vae_decoder": ("vae",),
+    "unet": ("clip", "vae"),  # latents from the stage-1 encoder (the decoder stage keeps it), text tower of stage 1
+    "clip_vision": ("clip", "vae_decoder"),  # text tower of stage 1, reconstructions through the final VAE
+    "eval": ("vae_decoder", "clip_vision", "unet", "dino", "dino_eval", "subjects"),
+    "card": ("eval",),
+}
 
 
 @dataclass
@@ -71,6 +85,39 @@ def stage_timer(name: str, record: dict):
     dt = time.time() - t0
     record[name]["seconds"] = round(dt, 1)
     log.info("stage %s: done in %.1fs", name, dt)
+
+
+@contextmanager
+def written_atomically(dst: Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``dst`` to write into; when the block succeeds it replaces ``dst``, when it
+    fails it is deleted and ``dst`` (e.g. the shipped weights) is left as it was."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.new.", dir=dst.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.chmod(0o755)
+    install(tmp, dst)
+
+
+def install(src: Path, dst: Path) -> None:
+    """Move the finished file or folder ``src`` to ``dst`` (same filesystem), replacing what was there; the old
+    version is removed only once the new one is in place."""
+    old = dst.with_name(f".{dst.name}.old")
+    _remove(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from diffrl.zoo.render import render, sample_spec
-from diffrl.zoo.training.common import cosine_lr, log, n_params, seed_all
+from diffrl.zoo.training.common import cosine_lr, log, n_params, seed_all, written_atomically
 from diffrl.zoo.world import CONTEXTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -150,12 +150,12 @@ def train_dino(out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
         if i % 100 == 0 or i == cfg.steps - 1:
             log.info("dino(seed %d) step %d/%d loss %.4f", cfg.seed, i, cfg.steps, float(np.mean(losses[-100:])))
     backbone = teacher[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, out_dir / "model.safetensors")
     spec = {"model_name": TIMM_NAME, "kwargs": cfg.timm_kwargs(),
             "pretrained_cfg_overlay": {"input_size": [3, 64, 64], "crop_pct": 0.875, "mean": list(IMAGENET_MEAN),
                                        "std": list(IMAGENET_STD), "num_classes": 0},
             "train": {k: v for k, v in asdict(cfg).items() if k not in ("embed_dim", "depth", "heads", "patch")}}
-    (out_dir / "timm.json").write_text(json.dumps(spec, indent=2))
+    with written_atomically(out_dir) as tmp:
+        save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, tmp / "model.safetensors")
+        (tmp / "timm.json").write_text(json.dumps(spec, indent=2))
     return {"params": n_params(backbone), "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": cfg.steps,
             "seed": cfg.seed}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
+from diffrl.zoo.training.common import WorldData, cosine_lr, install, log, n_params, seed_all
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -71,10 +72,13 @@ def embed_captions(text: CLIPTextModel, tok: CLIPTokenizer, captions: list[str])
     return torch.cat([text(ids.input_ids[i : i + 256])[0] for i in range(0, len(captions), 256)])
 
 
-def train_unet(data: WorldData, sd_dir: Path, clip_dir: Path, cfg: UNetTrainConfig = UNetTrainConfig()) -> dict:
-    """Train on ``data`` (latents from ``sd_dir/vae``, captions through the frozen CLIP text tower) and save the pipeline."""
+def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
+               cfg: UNetTrainConfig = UNetTrainConfig()) -> dict:
+    """Train on ``data`` (latents from the VAE encoder in ``vae_dir``, captions through the frozen text tower of the
+    CLIP in ``clip_dir``) and save every part of the SD pipeline folder ``sd_dir`` except ``vae`` (the VAE
+    stages write that): unet (EMA weights), text_encoder, tokenizer, scheduler, model_index.json."""
     gen = seed_all(cfg.seed)
-    vae = AutoencoderKL.from_pretrained(sd_dir / "vae").eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     text, tok = text_encoder_from_clip(clip_dir)
     data = WorldData(data.images[: cfg.max_images], *(x[: cfg.max_images] for x in
                      (data.captions, data.nouns, data.glyphs, data.contexts)))
@@ -119,14 +123,18 @@ def train_unet(data: WorldData, sd_dir: Path, clip_dir: Path, cfg: UNetTrainConf
         losses.append(loss.item())
         if step % 100 == 0 or step == cfg.steps - 1:
             log.info("unet step %d/%d loss %.4f", step, cfg.steps, float(np.mean(losses[-100:])))
-    vae = AutoencoderKL.from_pretrained(sd_dir / "vae")  # the decoder may have been refined meanwhile
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=tok, unet=ema.eval(), scheduler=DDIMScheduler(**SD_SCHEDULER),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.save_pretrained(sd_dir)
-    for f in ("vocab.json", "merges.txt"):  # also keep the classic CLIP BPE files next to tokenizer.json
-        shutil.copy(clip_dir / f, sd_dir / "tokenizer" / f)
+    sd_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging.", dir=sd_dir) as staging:  # same filesystem: each part is moved in whole
+        tmp = Path(staging)
+        pipe.save_pretrained(tmp)
+        for f in ("vocab.json", "merges.txt"):  # also keep the classic CLIP BPE files next to tokenizer.json
+            shutil.copy(clip_dir / f, tmp / "tokenizer" / f)
+        for part in ("unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"):
+            install(tmp / part, sd_dir / part)
     return {"params": n_params(unet), "text_encoder_params": n_params(text),
             "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": len(losses), "batch": cfg.batch,
             "max_steps": cfg.steps, "time_budget_s": cfg.time_budget_s, "latent_images": n}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all, written_atomically
 
 
 @dataclass
@@ -50,13 +50,14 @@ def _grads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def latent_std(vae: AutoencoderKL, data: WorldData, n: int = 2048) -> float:
-    """Std of posterior samples over ``n`` images (SD's ``scaling_factor`` is its inverse)."""
+    """Std of posterior samples over the first ``n`` images (SD's ``scaling_factor`` is its inverse)."""
+    n = min(n, len(data.images))
     zs = [vae.encode(data.tensor(np.arange(i, min(i + 256, n))) * 2 - 1).latent_dist.sample() for i in range(0, n, 256)]
     return torch.cat(zs).std().item()
 
 
-def train_vae(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrainConfig()) -> dict:
-    """Train and save to ``sd_dir/vae`` (config ``scaling_factor`` = 1 / latent std)."""
+def train_vae(data: WorldData, out_dir: Path, cfg: VAETrainConfig = VAETrainConfig()) -> dict:
+    """Train and save to ``out_dir`` (config ``scaling_factor`` = 1 / latent std)."""
     gen = seed_all(cfg.seed)
     vae = make_vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -83,7 +84,8 @@ def train_vae(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrainConfi
     vae.eval()
     std = latent_std(vae, data)
     vae.register_to_config(scaling_factor=1.0 / std)
-    vae.save_pretrained(sd_dir / "vae")
+    with written_atomically(out_dir) as tmp:
+        vae.save_pretrained(tmp)
     return {"params": n_params(vae), "final_l1": round(float(np.mean(losses[-100:])), 4),
             "latent_std": round(std, 4), "scaling_factor": round(1.0 / std, 4),
             "recon_psnr_db": recon_psnr(vae, data), "steps": cfg.steps}
@@ -92,15 +94,17 @@ def train_vae(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrainConfi
 @torch.no_grad()
 def recon_psnr(vae: AutoencoderKL, data: WorldData, n: int = 512) -> float:
     """PSNR (dB, images in [0, 1]) of mode reconstructions of the last ``n`` images."""
+    n = min(n, len(data.images))
     x = data.tensor(np.arange(len(data.images) - n, len(data.images))) * 2 - 1
     mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1), x).item() / 4
     return round(float(10 * np.log10(1.0 / mse)), 2)
 
 
-def refine_decoder(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrainConfig()) -> dict:
-    """Second VAE stage: train only the decoder (frozen encoder, so latents and ``scaling_factor`` stay fixed)."""
+def refine_decoder(data: WorldData, vae_dir: Path, out_dir: Path, cfg: VAETrainConfig = VAETrainConfig()) -> dict:
+    """Second VAE stage: train only the decoder of the VAE in ``vae_dir`` (frozen encoder, so latents and
+    ``scaling_factor`` stay fixed) and save it to ``out_dir``."""
     gen = seed_all(cfg.seed + 1)
-    vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
+    vae = AutoencoderKL.from_pretrained(vae_dir)
     vae.requires_grad_(False)
     dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in dec:
@@ -122,6 +126,7 @@ def refine_decoder(data: WorldData, sd_dir: Path, cfg: VAETrainConfig = VAETrain
         if step % 100 == 0 or step == cfg.decoder_steps - 1:
             log.info("vae decoder step %d/%d l1 %.4f", step, cfg.decoder_steps, float(np.mean(losses[-100:])))
     vae.eval()
-    vae.save_pretrained(sd_dir / "vae")
+    with written_atomically(out_dir) as tmp:
+        vae.save_pretrained(tmp)
     return {"final_l1": round(float(np.mean(losses[-100:])), 4), "recon_psnr_db": recon_psnr(vae, data),
             "steps": cfg.decoder_steps}

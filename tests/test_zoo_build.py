@@ -1,0 +1,131 @@
+"""The zoo build: stage graph, parallel scheduling, atomic writes, and every stage end to end at toy sizes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPModel, CLIPTextModel
+
+from diffrl.zoo.registry import DINOSpec
+from diffrl.zoo.training.build import ZooBuildConfig, run_stage
+from diffrl.zoo.training.clip import CLIPTrainConfig
+from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, written_atomically
+from diffrl.zoo.training.dino import DINOTrainConfig
+from diffrl.zoo.training.schedule import run_parallel, simulate
+from diffrl.zoo.training.unet import UNetTrainConfig
+from diffrl.zoo.training.vae import VAETrainConfig
+
+DURATIONS = {"clip": 20, "vae": 15, "vae_decoder": 15, "clip_vision": 18, "unet": 55, "dino": 24, "dino_eval": 24,
+             "subjects": 0, "eval": 1, "card": 0}
+
+
+def test_stage_graph_covers_every_stage_and_follows_build_order():
+    assert set(STAGE_DEPENDS) == set(STAGES)
+    for stage, deps in STAGE_DEPENDS.items():
+        assert all(STAGES.index(d) < STAGES.index(stage) for d in deps), stage
+
+
+def test_simulated_schedule_respects_dependencies_and_job_count():
+    one, _ = simulate(STAGES, STAGE_DEPENDS, DURATIONS, jobs=1)
+    two, plan = simulate(STAGES, STAGE_DEPENDS, DURATIONS, jobs=2)
+    assert one == sum(DURATIONS.values())
+    start = {s: a for s, a, _ in plan}
+    end = {s: b for s, _, b in plan}
+    assert sorted(start) == sorted(STAGES)
+    for s, deps in STAGE_DEPENDS.items():
+        assert all(end[d] <= start[s] for d in deps), s
+    for t in start.values():
+        assert sum(start[s] <= t < end[s] for s in STAGES) <= 2
+    longest_chain = DURATIONS["clip"] + DURATIONS["unet"] + DURATIONS["eval"]
+    assert max(longest_chain, one / 2) <= two < one
+
+
+def _launcher(exit_codes: dict[str, int], log: list[tuple[str, float]], procs: dict):
+    def launch(stage: str) -> subprocess.Popen:
+        log.append((stage, time.monotonic()))
+        code = exit_codes.get(stage, 0)
+        procs[stage] = subprocess.Popen([sys.executable, "-c", f"import sys, time; time.sleep(0.05); sys.exit({code})"])
+        return procs[stage]
+
+    return launch
+
+
+def test_run_parallel_starts_a_stage_only_after_its_dependencies_succeeded():
+    log: list[tuple[str, float]] = []
+    procs: dict = {}
+
+    def launch(stage: str) -> subprocess.Popen:
+        for d in STAGE_DEPENDS[stage]:  # every dependency has exited with success by now
+            assert procs[d].poll() == 0, (stage, d)
+        return _launcher({}, log, procs)(stage)
+
+    run_parallel(STAGES, STAGE_DEPENDS, DURATIONS, jobs=2, launch=launch, poll_s=0.01)
+    assert sorted(s for s, _ in log) == sorted(STAGES)
+    assert all(p.returncode == 0 for p in procs.values())
+
+
+def test_run_parallel_stops_launching_after_a_failure():
+    log: list[tuple[str, float]] = []
+    with pytest.raises(RuntimeError, match="vae failed"):
+        run_parallel(STAGES, STAGE_DEPENDS, DURATIONS, jobs=2, launch=_launcher({"vae": 1}, log, {}), poll_s=0.01)
+    started = {s for s, _ in log}
+    assert not started & {"vae_decoder", "unet", "clip_vision", "eval", "card"}
+
+
+def test_selecting_a_stage_without_what_it_reads_is_an_error():
+    with pytest.raises(ValueError, match="vae"):
+        simulate(("vae_decoder",), STAGE_DEPENDS, DURATIONS, jobs=1)
+
+
+def test_written_atomically_keeps_the_old_folder_when_writing_fails(tmp_path):
+    dst = tmp_path / "model"
+    dst.mkdir()
+    (dst / "weights.bin").write_text("old")
+    with pytest.raises(RuntimeError):
+        with written_atomically(dst) as tmp:
+            (tmp / "weights.bin").write_text("half-written")
+            raise RuntimeError("killed mid-save")
+    assert (dst / "weights.bin").read_text() == "old"
+    with written_atomically(dst) as tmp:
+        (tmp / "weights.bin").write_text("new")
+    assert (dst / "weights.bin").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def toy_build(tmp_path) -> ZooBuildConfig:
+    return ZooBuildConfig(
+        weights=tmp_path / "weights", cache=tmp_path / "cache", subjects=tmp_path / "subjects", world_scenes=48,
+        clip=CLIPTrainConfig(hidden=32, layers=1, heads=2, projection_dim=16, steps=2, batch=8, vision_patch=16,
+                             vision_steps=2, recon_images=8),
+        vae=VAETrainConfig(channels=(8, 8, 8, 8), steps=2, batch=4, decoder_steps=2),
+        unet=UNetTrainConfig(channels=(32, 32, 32), steps=2, batch=4),
+        dino=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6, seed=0),
+        dino_eval=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6,
+                                  seed=1),
+    )
+
+
+@pytest.mark.timeout(300)
+def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(tmp_path):
+    cfg = toy_build(tmp_path)
+    for stage in STAGES:
+        run_stage(stage, cfg)
+    assert all(cfg.record_path(s).exists() for s in STAGES if s != "card")
+    pipe = StableDiffusionPipeline.from_pretrained(cfg.weights / "sd")
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a sks dog in the snow", num_inference_steps=2, output_type="pt").images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+    clip = CLIPModel.from_pretrained(cfg.weights / "clip")
+    assert clip.config.vision_config.patch_size == 16
+    text = CLIPTextModel.from_pretrained(cfg.weights / "sd" / "text_encoder").state_dict()
+    tower = clip.text_model.state_dict()
+    assert text.keys() == tower.keys()  # the SD text encoder is the final CLIP's text tower
+    assert all(torch.equal(v, tower[k]) for k, v in text.items())
+    vit = DINOSpec.from_dir(cfg.weights / "dino").create()
+    assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 24)
+    assert (cfg.weights / "README.md").exists() and (cfg.subjects / "prompts_and_classes.txt").exists()
