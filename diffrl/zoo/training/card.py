@@ -23,6 +23,8 @@ def write_card(weights: Path, cache: Path) -> None:
     g = lambda *ks: _get(rec, ks)  # noqa: E731
     seconds = {s: g(s, "seconds") if isinstance(g(s, "seconds"), (int, float)) else 0.0 for s in STAGES}
     two_jobs, plan = simulate(STAGES, STAGE_DEPENDS, seconds, jobs=2)
+    dino_cfg = weights / "dino" / "timm.json"
+    dino_train = json.loads(dino_cfg.read_text()).get("train", {}) if dino_cfg.exists() else {}
     unet_budget_min = round((rec.get("unet", {}).get("time_budget_s") or 0) / 60)
     rows = [
         ("CLIP (text + vision towers)", "clip", g("clip_vision", "params"), _mb(weights / "clip"),
@@ -127,14 +129,17 @@ generations to the subject's references vs. mean cosine among the references):
 
 {_targets(rec, two_jobs)}
 
-Why targets are still missed (this build ran on 2 CPU cores shared with other jobs):
-- CLIP class of generations: the UNet (about 5k steps of batch 64) is now the limit. The patch-8 vision tower
-  classifies real renders at {refs.get('clip_class_acc_real_renders')} and their VAE reconstructions at
-  {refs.get('clip_class_acc_vae_reconstructions')}, but generations only at {pf.get('clip_class_acc')} (per class above). More UNet steps are the next thing to try.
-- DINO identity across backdrops: the confusions left are between subjects of similar colour (poodle -> black cat,
-  alarm clock -> racing car); on a plain backdrop retrieval is near perfect. Retrieval grew with training length in
-  every run (with colour jitter, 1,500 steps: 0.66; without, 0.73 after 1,000 of 1,500 steps; the shipped 2,000-step
-  runs: above), so longer DINO runs are the next thing to try.
+Notes on the targets (stage times were measured on 2 CPU cores shared with other jobs):
+- CLIP class of generations: the UNet (about 5k steps of batch 64 in its time budget) is the limit. The patch-8
+  vision tower classifies real renders at {refs.get('clip_class_acc_real_renders')} and their VAE reconstructions at
+  {refs.get('clip_class_acc_vae_reconstructions')}, but generations only at {pf.get('clip_class_acc')} (per class above). Guidance is not the
+  lever: a sweep over 3-14 peaked at the 6.0 used here. More UNet steps are, and they cost build time.
+- DINO identity: the views are one scene over two backdrops; {dino_train.get('steps')} steps of batch
+  {dino_train.get('batch')} over a pool of {dino_train.get('pool_scenes')} scenes. With 2,000 steps over 4,000 scenes retrieval was 0.825 / 0.763 (dino / dino_eval);
+  with 4,000 steps over 4,000 scenes it peaked mid-run and fell back below 0.90 (the pool was overfitted).
+- Build time: no schedule on two cores beats half the summed stage times ({_hours(_sum(*seconds.values()) / 2)}); the longest chain
+  is clip (stage 1) then unet. Each stage time was measured when that stage was built (stages were rebuilt at
+  different times, not in one end-to-end `--jobs 2` run); the schedule is the one `--jobs 2` runs.
 
 ## Rebuild
 
@@ -146,7 +151,7 @@ python scripts/build_zoo.py --stage dino --threads 1                 # one stage
 
 Time: the stage times of this build (`build_record.json`) add up to {_hours(_sum(*(seconds[s] for s in STAGES)))}
 one after another. `--jobs 2` runs a stage as soon as the stages it reads are done, longest remaining chain first;
-with the same times that schedule takes **{_hours(two_jobs)}** ({", ".join(f"{s} {_hours(a)}-{_hours(b)}" for s, a, b in plan if b - a > 60)}).
+with the same times that schedule takes **{_hours(two_jobs)}** (minutes: {", ".join(f"{s} {a / 60:.0f}-{b / 60:.0f}" for s, a, b in plan if b - a > 60)}).
 The budget set for the zoo is 90 minutes.
 
 Scenes are cached in `build/zoo/` (not shipped); per-stage records land in `build/zoo/record_<stage>.json` and

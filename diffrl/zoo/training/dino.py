@@ -31,7 +31,7 @@ class DINOTrainConfig:
     heads: int = 3
     patch: int = 8
     out_dim: int = 1024
-    steps: int = 2000
+    steps: int = 4000
     batch: int = 96
     lr: float = 5e-4
     warmup: int = 100
@@ -41,7 +41,7 @@ class DINOTrainConfig:
     center_momentum: float = 0.9
     teacher_momentum: tuple[float, float] = field(default=(0.996, 1.0))  # cosine from first to second
     crop_scale: tuple[float, float] = field(default=(0.4, 1.0))
-    pool_scenes: int = 4000  # scenes in the view pool, each rendered over `backdrops` different contexts
+    pool_scenes: int = 8000  # scenes in the view pool, each rendered over `backdrops` different contexts
     backdrops: int = 3
     seed: int = 0
 
