@@ -6,9 +6,12 @@ recorded stage times (:func:`simulate`), so the model card's build time is the s
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+
+log = logging.getLogger("diffrl.zoo.build")
 
 Depends = Mapping[str, Sequence[str]]
 
@@ -80,6 +83,7 @@ def run_parallel(stages: Sequence[str], depends: Depends, durations: Mapping[str
         for s, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[s]
+                log.info("%s exited with %d", s, proc.returncode)
                 if proc.returncode == 0:
                     done.add(s)
                 else:
