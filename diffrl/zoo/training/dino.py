@@ -32,7 +32,7 @@ class DINOTrainConfig:
     patch: int = 8
     out_dim: int = 1024
     steps: int = 4000
-    batch: int = 96
+    batch: int = 48
     lr: float = 5e-4
     warmup: int = 100
     weight_decay: float = 0.04
