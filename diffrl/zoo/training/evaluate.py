@@ -14,7 +14,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from diffrl.zoo.checker import classify_context
 from diffrl.zoo.registry import DINOSpec
-from diffrl.zoo.render import SceneSpec, render, sample_spec
+from diffrl.zoo.render import render, sample_spec
 from diffrl.zoo.subjects import reference_specs
 from diffrl.zoo.training.clip import normalize as clip_normalize
 from diffrl.zoo.training.common import log
@@ -116,6 +116,30 @@ def save_grid(images: torch.Tensor, path: Path, cols: int = 8) -> None:
     Image.fromarray(rows).save(path)
 
 
+def held_in_prompts() -> list[tuple[str, str]]:
+    """(class, context) pairs of the prompt-following check: every held-in class in every non-plain context."""
+    return [(c, x) for c in CLASSES for x in CONTEXTS if x != "plain"]
+
+
+def prompt_following(pipe: StableDiffusionPipeline, clip: CLIPModel, tok: CLIPTokenizer, seed: int = 0,
+                     steps: int = 25, guidance: float = 6.0) -> tuple[dict, torch.Tensor]:
+    """Generate "a <class> <context>" for :func:`held_in_prompts` and score it: the CLIP zero-shot class (plain and
+    prompt-ensembled) and the pixel-level context against the prompt's. Returns the figures and the generations
+    ``[N, 3, 64, 64]``."""
+    pairs = held_in_prompts()
+    log.info("eval: generating %d images (DDIM %d steps, guidance %.1f)", len(pairs), steps, guidance)
+    gen = generate(pipe, [caption(c, x) for c, x in pairs], seed, steps, guidance)
+    pred_cls = clip_zero_shot(clip, tok, gen)
+    pred_ens = clip_zero_shot(clip, tok, gen, ensemble=True)
+    pred_ctx = [classify_context(im) for im in gen]
+    hit = lambda preds, i: [p == pair[i] for p, pair in zip(preds, pairs)]  # noqa: E731
+    per_class = {c: round(float(np.mean([h for h, (cc, _) in zip(hit(pred_cls, 0), pairs) if cc == c])), 3)
+                 for c in CLASSES}
+    return {"clip_class_acc": round(float(np.mean(hit(pred_cls, 0))), 4),
+            "clip_class_acc_ensemble": round(float(np.mean(hit(pred_ens, 0))), 4),
+            "context_acc": round(float(np.mean(hit(pred_ctx, 1))), 4), "per_class": per_class}, gen
+
+
 def evaluate_zoo(weights: Path, cache: Path, seed: int = 0, steps: int = 25, guidance: float = 6.0) -> dict:
     """All acceptance figures; writes sample grids to ``weights``."""
     torch.manual_seed(seed)
@@ -123,16 +147,7 @@ def evaluate_zoo(weights: Path, cache: Path, seed: int = 0, steps: int = 25, gui
     pipe.set_progress_bar_config(disable=True)
     clip, tok = CLIPModel.from_pretrained(weights / "clip").eval(), CLIPTokenizer.from_pretrained(weights / "clip")
     contexts = [c for c in CONTEXTS if c != "plain"]
-    pairs = [(c, x) for c in CLASSES for x in contexts]
-    prompts = [caption(c, x) for c, x in pairs]
-    log.info("eval: generating %d images (DDIM %d steps, guidance %.1f)", len(prompts), steps, guidance)
-    gen = generate(pipe, prompts, seed, steps, guidance)
-    pred_cls = clip_zero_shot(clip, tok, gen)
-    pred_ens = clip_zero_shot(clip, tok, gen, ensemble=True)
-    pred_ctx = [classify_context(im) for im in gen]
-    class_acc = float(np.mean([p == c for p, (c, _) in zip(pred_cls, pairs)]))
-    ens_acc = float(np.mean([p == c for p, (c, _) in zip(pred_ens, pairs)]))
-    ctx_acc = float(np.mean([p == x for p, (_, x) in zip(pred_ctx, pairs)]))
+    following, gen = prompt_following(pipe, clip, tok, seed, steps, guidance)
     rng = np.random.default_rng(seed + 1)
     real_specs = [sample_spec(rng) for _ in range(256)]
     real = to_tensor([render(s) for s in real_specs])
@@ -141,13 +156,11 @@ def evaluate_zoo(weights: Path, cache: Path, seed: int = 0, steps: int = 25, gui
         rec = (pipe.vae.decode(pipe.vae.encode(real * 2 - 1).latent_dist.mode()).sample.clamp(-1, 1) + 1) / 2
     rec_acc = float(np.mean([p == s.glyph.noun for p, s in zip(clip_zero_shot(clip, tok, rec), real_specs)]))
     rec_ctx = float(np.mean([classify_context(im) == s.context for im, s in zip(rec, real_specs)]))
-    per_class = {c: round(float(np.mean([p == c for p, (cc, _) in zip(pred_cls, pairs) if cc == c])), 3) for c in CLASSES}
-    idx = torch.tensor([i for i, (_, x) in enumerate(pairs) if x in contexts[:4]][:64])
+    idx = torch.tensor([i for i, (_, x) in enumerate(held_in_prompts()) if x in contexts[:4]][:64])
     save_grid(gen[idx], weights / "samples.png")
     record = {
-        "sampler": {"scheduler": "DDIM", "steps": steps, "guidance": guidance, "n": len(prompts)},
-        "prompt_following": {"clip_class_acc": round(class_acc, 4), "clip_class_acc_ensemble": round(ens_acc, 4),
-                             "context_acc": round(ctx_acc, 4), "per_class": per_class},
+        "sampler": {"scheduler": "DDIM", "steps": steps, "guidance": guidance, "n": len(gen)},
+        "prompt_following": following,
         "references": {"clip_class_acc_real_renders": round(real_acc, 4),
                        "clip_class_acc_vae_reconstructions": round(rec_acc, 4),
                        "context_acc_vae_reconstructions": round(rec_ctx, 4), "n": len(real_specs)},
