@@ -110,6 +110,12 @@ def toy_build(tmp_path) -> ZooBuildConfig:
     )
 
 
+def test_a_stage_whose_inputs_are_missing_says_which_stage_to_run_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing: .*vae_stage1.*Run the stages it depends on first \\(clip, vae"):
+        run_stage("unet", toy_build(tmp_path))
+    assert not (tmp_path / "weights").exists()
+
+
 @pytest.mark.timeout(300)
 def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(tmp_path):
     cfg = toy_build(tmp_path)

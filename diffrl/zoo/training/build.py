@@ -14,7 +14,7 @@ from pathlib import Path
 from diffrl.zoo.subjects import write_subjects
 from diffrl.zoo.training.card import write_card
 from diffrl.zoo.training.clip import CLIPTrainConfig, refine_clip_vision, train_clip
-from diffrl.zoo.training.common import STAGES, stage_timer, world_data
+from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, stage_timer, world_data
 from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 from diffrl.zoo.training.evaluate import evaluate_zoo
 from diffrl.zoo.training.unet import UNetTrainConfig, train_unet
@@ -47,12 +47,28 @@ class ZooBuildConfig:
     def record_path(self, stage: str) -> Path:
         return self.cache / f"record_{stage}.json"
 
+    def inputs(self, stage: str) -> list[Path]:
+        """The models that ``stage`` reads (written by the stages in ``STAGE_DEPENDS[stage]``)."""
+        sd = self.weights / "sd"
+        return {
+            "vae_decoder": [self.vae_stage1],
+            "unet": [self.vae_stage1, self.clip_joint],
+            "clip_vision": [self.clip_joint, sd / "vae"],
+            "eval": [sd, self.weights / "clip", self.weights / "dino", self.weights / "dino_eval"],
+        }.get(stage, [])
+
 
 def run_stage(stage: str, cfg: ZooBuildConfig) -> dict:
     """Run one stage of ``STAGES``; its record (figures, ``seconds``) is written to ``cfg.record_path(stage)``
     (except for ``card``, which collects the records) and returned."""
     if stage not in STAGES:
         raise ValueError(f"unknown zoo build stage {stage!r}; choose one of {', '.join(STAGES)}")
+    missing = [p for p in cfg.inputs(stage) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"zoo build stage {stage!r} cannot start, missing: {', '.join(map(str, missing))}. Run the stages it "
+            f"depends on first ({', '.join(STAGE_DEPENDS[stage])}; `scripts/build_zoo.py --stage NAME`) or the "
+            f"whole build")
     record: dict = {}
     with stage_timer(stage, record):
         record[stage].update(_run(stage, cfg))
