@@ -135,7 +135,10 @@ Notes on the targets (stage times were measured on 2 CPU cores shared with other
   vision tower classifies real renders at {refs.get('clip_class_acc_real_renders')} and their VAE reconstructions at
   {refs.get('clip_class_acc_vae_reconstructions')}, but generations only at {pf.get('clip_class_acc')} (per class above). Guidance is not the
   lever: over guidance 3, 6, 7.5, 10 and 14 and two sampling seeds, the best was 0.588 (0.632 ensembled) and
-  guidance above 6 lowers it. More UNet steps are, and they cost build time.
+  guidance above 6 lowers it. More UNet steps are, and they cost build time: an experiment outside the build
+  (5,718 more steps of batch 64 from the shipped UNet, restarted cosine LR from 3e-4, 20 min on 2 threads) reached
+  0.82 / 0.78 on sampling seeds 0 / 1 (0.85 / 0.80 ensembled) and context 0.96. Not shipped: the build would then
+  take well over 90 minutes unless other stages get cheaper.
 - DINO identity: the views are one scene over two backdrops; {dino_train.get('steps')} steps of batch
   {dino_train.get('batch')} over a pool of {dino_train.get('pool_scenes')} scenes. Other recipes, same evaluation (dino / dino_eval, i.e. seed 0 / 1):
   2,000 x 96 over 4,000 scenes 0.825 / 0.763; 4,000 x 96 over 8,000 scenes 0.925 / 0.900 (40 min per ViT);
