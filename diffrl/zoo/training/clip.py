@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all, written_atomically
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, optimizer_step, seed_all, written_atomically
 from diffrl.zoo.training.tokenizer import build_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -81,15 +81,10 @@ def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainC
         n, losses = len(data.images), []
         model.train()
         for step in range(cfg.steps):
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
             idx = torch.randint(n, (cfg.batch,), generator=gen)
             pixels = normalize(augment(data.tensor(idx.numpy()), gen))
             out = model(input_ids=ids[idx], pixel_values=pixels, return_loss=True)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(opt, out.loss, model.parameters(), cosine_lr(step, cfg.steps, cfg.lr))
             losses.append(out.loss.item())
             if step % 100 == 0 or step == cfg.steps - 1:
                 log.info("clip step %d/%d loss %.4f", step, cfg.steps, float(np.mean(losses[-100:])))
@@ -144,8 +139,6 @@ def refine_clip_vision(data: WorldData, joint_dir: Path, vae_dir: Path, out_dir:
     n, losses = len(data.images), []
     model.train()
     for step in range(cfg.vision_steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.vision_steps, cfg.vision_lr, warmup=100)
         idx = torch.randint(n, (cfg.batch,), generator=gen)
         idx[: cfg.batch // 2] = torch.randint(cfg.recon_images, (cfg.batch // 2,), generator=gen)
         x = torch.cat([recon[idx[: cfg.batch // 2]], data.tensor(idx[cfg.batch // 2 :].numpy())])
@@ -156,10 +149,7 @@ def refine_clip_vision(data: WorldData, joint_dir: Path, vae_dir: Path, out_dir:
         same = (c[:, None] == c[None, :]).float()  # identical captions in a batch are all positives
         loss = 0.5 * (-(same / same.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
                       - (same / same.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, cosine_lr(step, cfg.vision_steps, cfg.vision_lr, warmup=100))
         losses.append(loss.item())
         if step % 100 == 0 or step == cfg.vision_steps - 1:
             log.info("clip vision step %d/%d loss %.4f", step, cfg.vision_steps, float(np.mean(losses[-100:])))

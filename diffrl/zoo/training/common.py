@@ -120,6 +120,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, lr: float, max_norm: float = 1.0) -> None:
+    """One training step: set the learning rate to ``lr``, backpropagate ``loss``, clip the gradient norm of
+    ``params`` to ``max_norm`` and step ``opt``."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
     """Linear warmup then cosine decay to 5% of ``base``."""
     if step < warmup:

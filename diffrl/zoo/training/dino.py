@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from diffrl.zoo.render import render, sample_spec
-from diffrl.zoo.training.common import cosine_lr, log, n_params, seed_all, written_atomically
+from diffrl.zoo.training.common import cosine_lr, log, n_params, optimizer_step, seed_all, written_atomically
 from diffrl.zoo.world import CONTEXTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,8 +126,6 @@ def train_dino(out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses, b = [], cfg.batch
     for i in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(i, cfg.steps, cfg.lr, warmup=cfg.warmup)
         views = sample_views(pool, b, gen)
         x = torch.cat([normalize(augment(v, gen, cfg.crop_scale)) for v in views])
         s_logp = F.log_softmax(student(x) / cfg.student_temp, dim=-1).split(b)
@@ -136,10 +134,7 @@ def train_dino(out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
             t_prob = F.softmax((t_raw - center) / cfg.teacher_temp, dim=-1).split(b)
         # cross-view distillation: the teacher's view over one backdrop -> the student's view over the other
         loss = -0.5 * ((t_prob[0] * s_logp[1]).sum(-1).mean() + (t_prob[1] * s_logp[0]).sum(-1).mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 3.0)
-        opt.step()
+        optimizer_step(opt, loss, trainable, cosine_lr(i, cfg.steps, cfg.lr, warmup=cfg.warmup), max_norm=3.0)
         with torch.no_grad():
             m0, m1 = cfg.teacher_momentum
             m = m1 - (m1 - m0) * (math.cos(math.pi * i / cfg.steps) + 1) / 2

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, install, log, n_params, seed_all
+from diffrl.zoo.training.common import WorldData, cosine_lr, install, log, n_params, optimizer_step, seed_all
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -102,8 +102,6 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
             progress = max(progress, (time.time() - t0) / cfg.time_budget_s)
             if progress >= 1:
                 break
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(int(progress * cfg.steps), cfg.steps, cfg.lr, warmup=200)
         idx = torch.randint(n, (cfg.batch,), generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
         c = torch.where(torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout, empty, cap_idx[idx])
@@ -112,10 +110,8 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         loss = F.mse_loss(unet(xt, t, encoder_hidden_states=embeds[c]).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        lr = cosine_lr(int(progress * cfg.steps), cfg.steps, cfg.lr, warmup=200)
+        optimizer_step(opt, loss, unet.parameters(), lr)
         with torch.no_grad():
             d = min(cfg.ema, (1 + step) / (10 + step))
             for pe, p in zip(ema.parameters(), unet.parameters()):
@@ -128,7 +124,8 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     sd_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".staging.", dir=sd_dir) as staging:  # same filesystem: each part is moved in whole
+    # staged inside sd_dir (same filesystem), so each part is moved into place whole
+    with tempfile.TemporaryDirectory(prefix=".staging.", dir=sd_dir) as staging:
         tmp = Path(staging)
         pipe.save_pretrained(tmp)
         for f in ("vocab.json", "merges.txt"):  # also keep the classic CLIP BPE files next to tokenizer.json

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, seed_all, written_atomically
+from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, optimizer_step, seed_all, written_atomically
 
 
 @dataclass
@@ -64,8 +64,6 @@ def train_vae(data: WorldData, out_dir: Path, cfg: VAETrainConfig = VAETrainConf
     n, losses = len(data.images), []
     vae.train()
     for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
         x = data.tensor(torch.randint(n, (cfg.batch,), generator=gen).numpy()) * 2 - 1
         if step < (1 - cfg.full_res_frac) * cfg.steps:
             i, j = torch.randint(64 - cfg.crop + 1, (2,), generator=gen).tolist()
@@ -74,10 +72,7 @@ def train_vae(data: WorldData, out_dir: Path, cfg: VAETrainConfig = VAETrainConf
         rec_loss, l1 = _recon_loss(vae.decode(post.sample(generator=gen)).sample, x, cfg.grad_weight)
         kl = post.kl().mean()
         loss = rec_loss + cfg.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters(), cosine_lr(step, cfg.steps, cfg.lr))
         losses.append(l1.item())
         if step % 100 == 0 or step == cfg.steps - 1:
             log.info("vae step %d/%d l1 %.4f kl %.1f", step, cfg.steps, float(np.mean(losses[-100:])), kl.item())
@@ -112,16 +107,11 @@ def refine_decoder(data: WorldData, vae_dir: Path, out_dir: Path, cfg: VAETrainC
     opt = torch.optim.AdamW(dec, lr=cfg.decoder_lr, weight_decay=0.0)
     n, losses = len(data.images), []
     for step in range(cfg.decoder_steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.decoder_steps, cfg.decoder_lr, warmup=20)
         x = data.tensor(torch.randint(n, (cfg.batch,), generator=gen).numpy()) * 2 - 1
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=gen)
         loss, l1 = _recon_loss(vae.decode(z).sample, x, cfg.grad_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dec, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, dec, cosine_lr(step, cfg.decoder_steps, cfg.decoder_lr, warmup=20))
         losses.append(l1.item())
         if step % 100 == 0 or step == cfg.decoder_steps - 1:
             log.info("vae decoder step %d/%d l1 %.4f", step, cfg.decoder_steps, float(np.mean(losses[-100:])))
