@@ -3,7 +3,7 @@
 
     python scripts/build_zoo.py --jobs 2           # all stages, two at a time (one process and one thread each)
     python scripts/build_zoo.py                    # all stages, one after another
-    python scripts/build_zoo.py --stage clip       # one stage: clip|vae|vae_decoder|clip_vision|unet|dino|dino_eval|subjects|eval|card
+    python scripts/build_zoo.py --stage clip       # one stage (any of the --stage choices)
 
 A stage starts once the stages it reads have finished (``STAGE_DEPENDS``); with ``--jobs`` each stage logs to
 ``build/zoo/logs/<stage>.log``.

@@ -111,7 +111,8 @@ def toy_build(tmp_path) -> ZooBuildConfig:
 
 
 def test_a_stage_whose_inputs_are_missing_says_which_stage_to_run_first(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing: .*vae_stage1.*Run the stages it depends on first \\(clip, vae"):
+    expected = "missing: .*vae_stage1.*Run the stages it depends on first \\(clip, vae"
+    with pytest.raises(FileNotFoundError, match=expected):
         run_stage("unet", toy_build(tmp_path))
     assert not (tmp_path / "weights").exists()
 
