@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 
 log = logging.getLogger("diffrl.zoo.build")
 
@@ -37,6 +37,11 @@ def _check(stages: Sequence[str], depends: Depends) -> None:
         raise ValueError(f"stages {sorted(missing)} are needed by the selected stages but not selected")
 
 
+def _ready(stages: Sequence[str], depends: Depends, done: Container[str], running: Container[str]) -> list[str]:
+    """Stages neither done nor running whose dependencies are all done, in build order."""
+    return [s for s in stages if s not in done and s not in running and all(d in done for d in depends[s])]
+
+
 def _next(ready: list[str], priority: Mapping[str, float], order: Sequence[str]) -> str:
     """The ready stage with the longest remaining path (ties: build order)."""
     return max(ready, key=lambda s: (priority[s], -order.index(s)))
@@ -51,7 +56,7 @@ def simulate(stages: Sequence[str], depends: Depends, durations: Mapping[str, fl
     running: dict[str, float] = {}  # stage -> end time
     plan, now = [], 0.0
     while len(done) < len(stages):
-        ready = [s for s in stages if s not in done and s not in running and all(d in done for d in depends[s])]
+        ready = _ready(stages, depends, done, running)
         while ready and len(running) < jobs:
             s = _next(ready, priority, stages)
             ready.remove(s)
@@ -74,7 +79,7 @@ def run_parallel(stages: Sequence[str], depends: Depends, durations: Mapping[str
     failed: list[str] = []
     running: dict[str, subprocess.Popen] = {}
     while running or (not failed and len(done) < len(stages)):
-        ready = [s for s in stages if s not in done and s not in running and all(d in done for d in depends[s])]
+        ready = _ready(stages, depends, done, running)
         while ready and not failed and len(running) < jobs:
             s = _next(ready, priority, stages)
             ready.remove(s)
