@@ -22,6 +22,7 @@ def write_card(weights: Path, cache: Path) -> None:
     (weights / "build_record.json").write_text(json.dumps(rec, indent=2))
     g = lambda *ks: _get(rec, ks)  # noqa: E731
     seconds = {s: g(s, "seconds") if isinstance(g(s, "seconds"), (int, float)) else 0.0 for s in STAGES}
+    total_s = sum(seconds.values())
     two_jobs, plan = simulate(STAGES, STAGE_DEPENDS, seconds, jobs=2)
     retrieval = {k: v.get("acc") for k, v in rec.get("eval", {}).get("identity", {}).items()}
     dino_cfg = weights / "dino" / "timm.json"
@@ -145,7 +146,7 @@ Notes on the targets (stage times were measured on 2 CPU cores shared with other
   3,000 x 48 over 8,000 scenes 0.963 / 0.838 (15 min). 4,000 x 96 over 4,000 scenes peaked mid-run and fell back
   below 0.90 (the pool was overfitted). The held-out evaluator `dino_eval` is not the target model; the
   seed-to-seed spread ({retrieval.get('dino')} vs {retrieval.get('dino_eval')} here) is the recipe's noise.
-- Build time: no schedule on two cores beats half the summed stage times ({_hours(_sum(*seconds.values()) / 2)}); the longest chain
+- Build time: no schedule on two cores beats half the summed stage times ({_hours(total_s / 2)}); the longest chain
   is clip (stage 1) then unet. Each stage time was measured when that stage was built (stages were rebuilt at
   different times, not in one end-to-end `--jobs 2` run); the schedule is the one `--jobs 2` runs.
 
@@ -157,7 +158,7 @@ python scripts/build_zoo.py --jobs 2 --unet-budget-min {unet_budget_min}   # all
 python scripts/build_zoo.py --stage dino --threads 1                 # one stage
 ```
 
-Time: the stage times of this build (`build_record.json`) add up to {_hours(_sum(*(seconds[s] for s in STAGES)))}
+Time: the stage times of this build (`build_record.json`) add up to {_hours(total_s)}
 one after another. `--jobs 2` runs a stage as soon as the stages it reads are done, longest remaining chain first;
 with the same times that schedule takes **{_hours(two_jobs)}** (minutes: {", ".join(f"{s} {a / 60:.0f}-{b / 60:.0f}" for s, a, b in plan if b - a > 60)}).
 The budget set for the zoo is 90 minutes.
