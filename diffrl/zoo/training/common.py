@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -52,13 +53,18 @@ class WorldData:
 def world_data(cache_dir: Path, n: int = 24000, seed: int = 0) -> WorldData:
     """Render (or load from ``cache_dir``) ``n`` pretraining scenes with ``seed``."""
     path = cache_dir / f"world_{n}_{seed}.npz"
-    if not path.exists():
-        t0 = time.time()
-        images, specs = render_dataset(n, seed)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        meta = [[s.caption, s.glyph.noun, s.glyph.name, s.context] for s in specs]
-        np.savez(path, images=images, meta=np.array(json.dumps(meta)))
-        log.info("rendered %d scenes in %.1fs -> %s", n, time.time() - t0, path)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # stages running at once: the first renders, the others wait on the lock and then load its file
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            t0 = time.time()
+            images, specs = render_dataset(n, seed)
+            meta = [[s.caption, s.glyph.noun, s.glyph.name, s.context] for s in specs]
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
+            np.savez(tmp, images=images, meta=np.array(json.dumps(meta)))
+            os.replace(tmp, path)
+            log.info("rendered %d scenes in %.1fs -> %s", n, time.time() - t0, path)
     z = np.load(path)
     meta = json.loads(str(z["meta"]))
     return WorldData(z["images"], *map(list, zip(*meta)))
