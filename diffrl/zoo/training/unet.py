@@ -27,7 +27,7 @@ SD_SCHEDULER = dict(
 class UNetTrainConfig:
     channels: tuple[int, ...] = (32, 64, 64)
     heads: int = 4
-    steps: int = 10000
+    steps: int = 11000
     batch: int = 64
     lr: float = 1e-3
     ema: float = 0.999
