@@ -97,8 +97,8 @@ trained on is unchanged.
 
 Text encoder and tokenizer of `sd/` are the CLIP text tower (frozen while training the UNet) and its BPE
 tokenizer (vocabulary built on the caption corpus; the identifier `sks` is one token). The UNet was trained with
-10% empty captions (classifier-free guidance). Scheduler: DDIM with the SD v1 config. Time is wall-clock on a
-shared 2-core CPU (other jobs were running), so it overstates the compute needed.
+10% empty captions (classifier-free guidance). Scheduler: DDIM with the SD v1 config. Train times are wall-clock on
+the 2-core CPU, each stage on one core with another stage running on the other.
 
 ## Quality
 
@@ -133,19 +133,17 @@ generations to the subject's references vs. mean cosine among the references):
 
 {_targets(rec, build_time)}
 
-Notes on the targets (stage times were measured on 2 CPU cores shared with other jobs):
-- CLIP class of generations: the UNet (about 5k steps of batch 64 in its time budget) is the limit. The patch-8
-  vision tower classifies real renders at {refs.get('clip_class_acc_real_renders')} and their VAE reconstructions at
-  {refs.get('clip_class_acc_vae_reconstructions')}, but generations only at {pf.get('clip_class_acc')} (per class above). Guidance is not the
-  lever: over guidance 3, 6, 7.5, 10 and 14 and two sampling seeds, the best was 0.588 (0.632 ensembled) and
-  guidance above 6 lowers it. More UNet steps are, and they cost build time: an experiment outside the build
-  (5,718 more steps of batch 64 from the shipped UNet, restarted cosine LR from 3e-4, 20 min on 2 threads) reached
-  0.82 / 0.78 on sampling seeds 0 / 1 (0.85 / 0.80 ensembled) and context 0.96. Not shipped: the build would then
-  take well over 90 minutes unless other stages get cheaper.
+Notes on the targets:
+- CLIP class of generations: the UNet's training length is the lever, guidance is not. The previous zoo's UNet
+  (5,246 steps of batch 64) scored 0.588 (0.632 ensembled); over guidance 3, 6, 7.5, 10 and 14, two sampling seeds
+  and 25 or 50 DDIM steps it never passed 0.632 (`benchmarks/zoo_guidance.py`). This UNet trains
+  {g('unet', 'steps')} steps of batch {g('unet', 'batch')} in one cosine schedule (eps-MSE {g('unet', 'final_loss')}).
+  For reference, the patch-8 vision tower classifies real renders at {refs.get('clip_class_acc_real_renders')} and
+  their VAE reconstructions at {refs.get('clip_class_acc_vae_reconstructions')}.
 - DINO identity: the views are one scene over two backdrops; {dino_train.get('steps')} steps of batch
   {dino_train.get('batch')} over a pool of {dino_train.get('pool_scenes')} scenes. Other recipes, same evaluation (dino / dino_eval, i.e. seed 0 / 1):
-  2,000 x 96 over 4,000 scenes 0.825 / 0.763; 4,000 x 96 over 8,000 scenes 0.925 / 0.900 (40 min per ViT);
-  3,000 x 48 over 8,000 scenes 0.963 / 0.838 (15 min). 4,000 x 96 over 4,000 scenes peaked mid-run and fell back
+  2,000 x 96 over 4,000 scenes 0.825 / 0.763; 4,000 x 96 over 8,000 scenes 0.925 / 0.900 (twice the compute);
+  3,000 x 48 over 8,000 scenes 0.963 / 0.838. 4,000 x 96 over 4,000 scenes peaked mid-run and fell back
   below 0.90 (the pool was overfitted). The held-out evaluator `dino_eval` is not the target model; the
   seed-to-seed spread ({retrieval.get('dino')} vs {retrieval.get('dino_eval')} here) is the recipe's noise.
 - Build time: no schedule on two cores beats half the summed stage times ({_hours(total_s / 2)}); the longest chain
@@ -159,7 +157,8 @@ python scripts/build_zoo.py --jobs 2 --unet-budget-min {unet_budget_min}   # all
 python scripts/build_zoo.py --stage dino --threads 1                 # one stage
 ```
 
-Time: {build_time[0]}. The stage times (`build_record.json`) add up to {_hours(total_s)} one after another.
+Time: {build_time[0]}.
+The stage times (`build_record.json`) add up to {_hours(total_s)} one after another.
 `--jobs 2` runs a stage as soon as the stages it reads are done, longest remaining chain first; with these stage
 times that schedule takes {_hours(two_jobs)} (minutes: {", ".join(f"{s} {a / 60:.0f}-{b / 60:.0f}" for s, a, b in plan if b - a > 60)}).
 The budget set for the zoo is 90 minutes.
@@ -177,7 +176,8 @@ def _build_time(build: dict, simulated_s: float) -> tuple[str, float]:
     """How long the build took, in words, and in seconds: measured when the weights come from one whole build,
     otherwise the ``--jobs 2`` schedule of the recorded stage times."""
     if build:
-        return (f"measured, the whole build (`--jobs {build['jobs']}`, {build['threads']} thread(s) per stage) took "
+        threads = f"{build['threads']} thread{'s' if build['threads'] != 1 else ''} per stage"
+        return (f"measured, the whole build (`--jobs {build['jobs']}`, {threads}) took "
                 f"**{_hours(build['wall_seconds'])}** from its start to the end of `eval`", build["wall_seconds"])
     return (f"estimated (stages were rebuilt separately), the `--jobs 2` schedule of the recorded stage times: "
             f"**{_hours(simulated_s)}**", simulated_s)
