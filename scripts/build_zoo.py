@@ -69,9 +69,9 @@ def main() -> None:
     cfg = CONFIG
     if args.unet_budget_min:
         cfg = replace(cfg, unet=replace(cfg.unet, time_budget_s=60 * args.unet_budget_min))
+    if args.stage not in ("eval", "card"):  # the last whole build's wall time no longer describes the weights
+        cfg.record_path("build").unlink(missing_ok=True)
     if args.stage != "all":
-        if args.stage not in ("eval", "card"):  # the last whole build's wall time no longer describes the weights
-            cfg.record_path("build").unlink(missing_ok=True)
         run_stage(args.stage, cfg)
         return
     t0 = time.time()
