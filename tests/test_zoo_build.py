@@ -128,6 +128,8 @@ def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a sks dog in the snow", num_inference_steps=2, output_type="pt").images
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+    shipped_configs = "".join(p.read_text() for p in cfg.weights.rglob("config.json"))
+    assert str(tmp_path) not in shipped_configs  # no build-machine paths in what ships
     clip = CLIPModel.from_pretrained(cfg.weights / "clip")
     assert clip.config.vision_config.patch_size == 16
     text = CLIPTextModel.from_pretrained(cfg.weights / "sd" / "text_encoder").state_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,14 @@ def train_vae(data: WorldData, out_dir: Path, cfg: VAETrainConfig = VAETrainConf
             "recon_psnr_db": recon_psnr(vae, data), "steps": cfg.steps}
 
 
+def _drop_source_path(config_json: Path) -> None:
+    """Remove the ``_name_or_path`` that diffusers saves for a model loaded from disk: in a shipped config it would
+    name the build machine's cache folder."""
+    config = json.loads(config_json.read_text())
+    config.pop("_name_or_path", None)
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 @torch.no_grad()
 def recon_psnr(vae: AutoencoderKL, data: WorldData, n: int = 512) -> float:
     """PSNR (dB, images in [0, 1]) of mode reconstructions of the last ``n`` images."""
@@ -118,5 +127,6 @@ def refine_decoder(data: WorldData, vae_dir: Path, out_dir: Path, cfg: VAETrainC
     vae.eval()
     with written_atomically(out_dir) as tmp:
         vae.save_pretrained(tmp)
+        _drop_source_path(tmp / "config.json")
     return {"final_l1": round(float(np.mean(losses[-100:])), 4), "recon_psnr_db": recon_psnr(vae, data),
             "steps": cfg.decoder_steps}
