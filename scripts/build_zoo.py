@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from diffrl.io import atomic_write_text  # noqa: E402
 from diffrl.zoo.training.build import ZooBuildConfig, run_stage  # noqa: E402
 from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, log  # noqa: E402
 from diffrl.zoo.training.schedule import run_parallel  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
         for stage in stages:
             run_stage(stage, cfg)
     record = {"build": {"jobs": args.jobs, "threads": args.threads, "wall_seconds": round(time.time() - t0, 1)}}
-    cfg.record_path("build").write_text(json.dumps(record, indent=2))
+    atomic_write_text(cfg.record_path("build"), json.dumps(record, indent=2))
     run_stage("card", cfg)
 
 

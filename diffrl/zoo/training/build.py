@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffrl.io import atomic_write_text
 from diffrl.zoo.subjects import write_subjects
 from diffrl.zoo.training.card import write_card
 from diffrl.zoo.training.clip import CLIPTrainConfig, refine_clip_vision, train_clip
@@ -73,8 +74,7 @@ def run_stage(stage: str, cfg: ZooBuildConfig) -> dict:
     with stage_timer(stage, record):
         record[stage].update(_run(stage, cfg))
     if stage != "card":
-        cfg.cache.mkdir(parents=True, exist_ok=True)
-        cfg.record_path(stage).write_text(json.dumps(record, indent=2))
+        atomic_write_text(cfg.record_path(stage), json.dumps(record, indent=2))
     return record[stage]
 
 

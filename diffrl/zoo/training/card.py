@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from diffrl.io import atomic_write_text
 from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES
 from diffrl.zoo.training.schedule import simulate
 from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS
@@ -19,7 +20,7 @@ def write_card(weights: Path, cache: Path) -> None:
     rec: dict = {}
     for f in sorted(cache.glob("record_*.json")):
         rec.update(json.loads(f.read_text()))
-    (weights / "build_record.json").write_text(json.dumps(rec, indent=2))
+    atomic_write_text(weights / "build_record.json", json.dumps(rec, indent=2))
     g = lambda *ks: _get(rec, ks)  # noqa: E731
     seconds = {s: g(s, "seconds") if isinstance(g(s, "seconds"), (int, float)) else 0.0 for s in STAGES}
     total_s = sum(seconds.values())
@@ -169,7 +170,7 @@ are collected into `build_record.json` here.
 `samples.png`: generations of the base model, class-major ("a <class> in the jungle / in the snow / on the beach /
 on a cobblestone street" for each class in turn, 2 classes per row), DDIM {g('eval', 'sampler', 'steps')} steps.
 """
-    (weights / "README.md").write_text(text)
+    atomic_write_text(weights / "README.md", text)
 
 
 def _build_time(build: dict, simulated_s: float) -> tuple[str, float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffrl.io import atomic_write
 from diffrl.zoo.render import render_dataset
 
 log = logging.getLogger("diffrl.zoo.build")
@@ -61,9 +62,7 @@ def world_data(cache_dir: Path, n: int = 24000, seed: int = 0) -> WorldData:
             t0 = time.time()
             images, specs = render_dataset(n, seed)
             meta = [[s.caption, s.glyph.noun, s.glyph.name, s.context] for s in specs]
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
-            np.savez(tmp, images=images, meta=np.array(json.dumps(meta)))
-            os.replace(tmp, path)
+            atomic_write(path, lambda handle: np.savez(handle, images=images, meta=np.array(json.dumps(meta))))
             log.info("rendered %d scenes in %.1fs -> %s", n, time.time() - t0, path)
     z = np.load(path)
     meta = json.loads(str(z["meta"]))
