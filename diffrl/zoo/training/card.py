@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from diffrl.io import atomic_write_text
 from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES
@@ -158,7 +159,7 @@ python scripts/build_zoo.py --jobs 2 --unet-budget-min {unet_budget_min}   # all
 python scripts/build_zoo.py --stage dino --threads 1                 # one stage
 ```
 
-Time: {build_time[0]}.
+Time: {build_time.words}.
 The stage times (`build_record.json`) add up to {_hours(total_s)} one after another.
 `--jobs 2` runs a stage as soon as the stages it reads are done, longest remaining chain first; with these stage
 times that schedule takes {_hours(two_jobs)} (minutes: {", ".join(f"{s} {a / 60:.0f}-{b / 60:.0f}" for s, a, b in plan if b - a > 60)}).
@@ -173,18 +174,27 @@ on a cobblestone street" for each class in turn, 2 classes per row), DDIM {g('ev
     atomic_write_text(weights / "README.md", text)
 
 
-def _build_time(build: dict, simulated_s: float) -> tuple[str, float]:
-    """How long the build took, in words, and in seconds: measured when the weights come from one whole build,
-    otherwise the ``--jobs 2`` schedule of the recorded stage times."""
+class BuildTime(NamedTuple):
+    """How long the build took: ``seconds``, whether they were ``measured``, and a sentence for the card."""
+
+    seconds: float
+    measured: bool
+    words: str
+
+
+def _build_time(build: dict, simulated_s: float) -> BuildTime:
+    """Measured when the weights come from one whole build (``build`` is its record), otherwise the ``--jobs 2``
+    schedule of the recorded stage times."""
     if build:
         threads = f"{build['threads']} thread{'s' if build['threads'] != 1 else ''} per stage"
-        return (f"measured, the whole build (`--jobs {build['jobs']}`, {threads}) took "
-                f"**{_hours(build['wall_seconds'])}** from its start to the end of `eval`", build["wall_seconds"])
-    return (f"estimated (stages were rebuilt separately), the `--jobs 2` schedule of the recorded stage times: "
-            f"**{_hours(simulated_s)}**", simulated_s)
+        seconds = build["wall_seconds"]
+        return BuildTime(seconds, True, f"measured, the whole build (`--jobs {build['jobs']}`, {threads}) took "
+                         f"**{_hours(seconds)}** from its start to the end of `eval`")
+    return BuildTime(simulated_s, False, "estimated (stages were rebuilt separately), the `--jobs 2` schedule of the "
+                     f"recorded stage times: **{_hours(simulated_s)}**")
 
 
-def _targets(rec: dict, build_time: tuple[str, float]) -> str:
+def _targets(rec: dict, build_time: BuildTime) -> str:
     """One line per acceptance target: measured value, target, met or missed."""
     ev = rec.get("eval", {})
     pf, ident, leak = ev.get("prompt_following", {}), ev.get("identity", {}), ev.get("no_leak", {})
@@ -203,8 +213,9 @@ def _targets(rec: dict, build_time: tuple[str, float]) -> str:
     if leak:
         ok = all(v["gen_to_ref"] < v["ref_to_ref"] - 0.05 for d in leak.values() for v in d.values())
         line("no leak (generation-to-reference DINO sim below reference-to-reference)", "see table", "clearly below", ok)
-    kind = "measured" if rec.get("build") else "`--jobs 2` schedule of the recorded stage times"
-    line(f"whole build on the 2-core CPU ({kind})", _hours(build_time[1]), "<= 90 min", build_time[1] <= 90 * 60)
+    kind = "measured" if build_time.measured else "`--jobs 2` schedule of the recorded stage times"
+    line(f"whole build on the 2-core CPU ({kind})", _hours(build_time.seconds), "<= 90 min",
+         build_time.seconds <= 90 * 60)
     return "\n".join(lines)
 
 
