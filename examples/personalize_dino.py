@@ -2,6 +2,7 @@
 
     python examples/personalize_dino.py                       # bundled emoji zoo, subject "poodle", CPU-sized
     accelerate launch --multi_gpu --num_processes 2 examples/personalize_dino.py   # 2 processes (gloo on CPU)
+    python examples/personalize_dino.py --resume auto        # continue an interrupted run (or start one)
     python examples/personalize_dino.py --pretrained CompVis/stable-diffusion-v1-4 --instance-dir DIR \
         --instance-prompt "a photo of sks dog" --class-prompt "a photo of dog" --num-class-images 200 \
         --dino-weights dino_vits16.safetensors --max-steps 400 --output-dir runs/dog
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,9 +23,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from diffrl.errors import run_reporting_user_errors  # noqa: E402
+from diffrl.models import load_sd_components  # noqa: E402
 from diffrl.sampling import generate  # noqa: E402
-from diffrl.training import Trainer  # noqa: E402
+from diffrl.training import ConfigError, TrainConfig, Trainer  # noqa: E402
 from diffrl.training.cli import add_train_arguments, config_from_args  # noqa: E402
+from diffrl.training.history import read_history  # noqa: E402
+
+DEFAULT_SUBJECT = "poodle"
 
 
 def zoo_defaults(subject: str) -> dict:
@@ -31,7 +38,10 @@ def zoo_defaults(subject: str) -> dict:
     from diffrl.zoo import SUBJECTS
     from diffrl.zoo.registry import SUBJECTS_ROOT, load
 
-    noun = next(g.noun for g in SUBJECTS if g.name == subject)
+    nouns = {glyph.name: glyph.noun for glyph in SUBJECTS}
+    if subject not in nouns:
+        raise ConfigError(f"--subject {subject!r} is not a zoo subject; choose from {sorted(nouns)}.")
+    noun = nouns[subject]
     defaults = dict(instance_dir=str(SUBJECTS_ROOT / subject), instance_prompt=f"a sks {noun}", class_prompt=f"a {noun}")
     try:
         zoo = load("emoji")
@@ -46,40 +56,87 @@ def zoo_defaults(subject: str) -> dict:
         return dict(defaults, pretrained=str(build_tiny_sd(tmp / "sd")), dino_weights=str(dino), dino_kwargs=kwargs)
 
 
-def main() -> None:
+def zoo_overrides(args: argparse.Namespace) -> dict:
+    """What the zoo supplies: nothing with --pretrained; otherwise the model, and the subject, prompts and DINO that
+    were not given (your --instance-dir with your --instance-prompt trains the zoo model on your images)."""
+    if args.pretrained:
+        flags = {"--instance-dir": args.instance_dir, "--instance-prompt": args.instance_prompt}
+        missing = [flag for flag, value in flags.items() if not value]
+        if missing:
+            raise ConfigError(f"--pretrained needs {' and '.join(missing)} (the zoo's subjects go with the zoo model).")
+        return {}
+    if args.instance_dir and not args.instance_prompt:
+        raise ConfigError("--instance-dir needs --instance-prompt naming your subject, e.g. 'a sks dog'.")
+    if args.instance_dir and args.subject:
+        raise ConfigError("--subject picks a zoo subject's images and --instance-dir your own: give one of them.")
+    zoo = zoo_defaults(args.subject or DEFAULT_SUBJECT)
+    given = {name for name in ("instance_dir", "instance_prompt", "class_prompt") if getattr(args, name)}
+    if args.instance_dir:
+        given.add("class_prompt")  # the zoo's class prompt describes the zoo's subject, not yours
+    if args.dino_weights:
+        given |= {"dino_weights", "dino_arch", "dino_kwargs"}
+    return {name: value for name, value in zoo.items() if name not in given}
+
+
+def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """The run's `TrainConfig` and the parsed flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser, pretrained_required=False)
-    parser.add_argument("--subject", default="poodle", help="zoo subject when --pretrained is not given")
+    parser.add_argument("--subject", help=f"zoo subject when --pretrained is not given (default: {DEFAULT_SUBJECT})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     parser.set_defaults(max_steps=200, lr_actor=1e-4, output_dir=Path("runs/personalize_dino"), checkpoint_every=100)
-    args = parser.parse_args()
-    overrides = {} if args.pretrained else zoo_defaults(args.subject)
-    trainer = Trainer(config_from_args(args, **overrides))
-    config, main_process = trainer.config, trainer.accelerator.is_main_process
-    prompts = [config.instance_prompt] * 4
+    args = parser.parse_args(argv)
+    return config_from_args(args, **zoo_overrides(args)), args
 
-    def samples() -> torch.Tensor:
-        return generate(trainer.components, prompts, num_inference_steps=config.sample_steps, seed=config.seed).float().cpu()
 
-    before = samples() if main_process else None
-    result = trainer.train()
-    if not main_process:
-        return
-    after = samples()
-    references = torch.nn.functional.interpolate(trainer.instances.stacked[:4], size=after.shape[-2:], mode="area")
-    grid = make_grid(torch.cat([references, before, after]), nrow=4).permute(1, 2, 0)
-    plt.imsave(Path(config.output_dir) / "before_after.png", grid.clamp(0, 1).numpy())
-    steps = [h["step"] for h in result.history]
-    rewards = np.array([h.get("reward", np.nan) for h in result.history])
-    window = max(1, len(rewards) // 10)  # each step's reward is at a random noise level: show a running mean too
+def base_samples(trainer: Trainer, prompts: list[str]) -> torch.Tensor:
+    """Samples of the model before personalisation: the trainer's own, unless it resumed (then a fresh copy)."""
+    config, components = trainer.config, trainer.components
+    if trainer.run_dir.resume_from is not None:
+        components = load_sd_components(config.pretrained, device=trainer.accelerator.device)
+    return generate(components, prompts, num_inference_steps=config.sample_steps, seed=config.seed).float().cpu()
+
+
+def plot_rewards(history: list[dict[str, float]], title: str, path: Path) -> None:
+    """Per-step reward and its running mean over the whole run (each step's reward is at a random noise level)."""
+    steps = [h["step"] for h in history]
+    rewards = np.array([h.get("reward", np.nan) for h in history])
+    window = max(1, len(rewards) // 10)
     running = np.convolve(rewards, np.ones(window) / window, mode="valid")
     plt.figure(figsize=(5, 3))
     plt.plot(steps, rewards, alpha=0.3, label="per step")
     plt.plot(steps[window - 1 :], running, label=f"running mean ({window} steps)")
-    plt.xlabel("step"), plt.ylabel("reward (mean over batch)"), plt.title(config.instance_prompt)
+    plt.xlabel("step"), plt.ylabel("reward (mean over batch)"), plt.title(title)
     plt.legend(), plt.tight_layout()
-    plt.savefig(Path(config.output_dir) / "reward_curve.png", dpi=120)
-    print(f"rows: references / before / after -> {config.output_dir}/before_after.png; model -> {result.model_dir}")
+    plt.savefig(path, dpi=120)
+    plt.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, _ = build_config(argv)
+    trainer = Trainer(config)
+    main_process = trainer.accelerator.is_main_process
+    prompts = [config.instance_prompt] * 4
+    before = base_samples(trainer, prompts) if main_process else None
+    result = trainer.train()
+    if not main_process:
+        return 0
+    after = generate(trainer.components, prompts, num_inference_steps=config.sample_steps, seed=config.seed)
+    after = after.float().cpu()
+    out = Path(config.output_dir)
+    references = torch.nn.functional.interpolate(trainer.instances.stacked[:4], size=after.shape[-2:], mode="area")
+    grid = make_grid(torch.cat([references, before, after]), nrow=4).permute(1, 2, 0)
+    plt.imsave(out / "before_after.png", grid.clamp(0, 1).numpy())
+    history = read_history(out)  # the whole run, across interruptions and resumes
+    if history:
+        plot_rewards(history, config.instance_prompt, out / "reward_curve.png")
+        print(f"reward curve: steps {history[0]['step']:.0f}-{history[-1]['step']:.0f} -> {out}/reward_curve.png")
+    else:
+        print(f"no reward curve: '{out}/history.jsonl' records no step")
+    print(f"rows: references / before / after -> {out}/before_after.png; model -> {result.model_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    verbose = "-v" in sys.argv or "--verbose" in sys.argv  # known before parsing, which may itself fail
+    sys.exit(run_reporting_user_errors(Path(sys.argv[0]).name, verbose, main))

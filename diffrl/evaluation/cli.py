@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -99,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from diffrl.data.images import ImageLoadError
+    from diffrl.errors import report_user_error
     from diffrl.evaluation.dreambench import DreamBenchError, load_dreambench
     from diffrl.evaluation.protocol import EvaluationConfig, EvaluationEncoders, check_out_dir, evaluate
     from diffrl.models.encoders import CLIPEncoder, DINOEncoder
@@ -132,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
         )
         report = evaluate(components, subjects, encoders, config, args.out, overwrite=args.overwrite)
     except (DreamBenchError, ImageLoadError, ModelLoadError, FileExistsError, ValueError) as err:
-        print(f"diffrl evaluate: error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error("diffrl evaluate", err, getattr(args, "verbose", False))
     print(report.to_markdown())
     print(f"Report written to {args.out}/report.json, report.md and grids/.")
     return 0

@@ -104,6 +104,14 @@ class DINOEncoder(_FrozenEncoder):
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **arch_kwargs)
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             where = f"the weights file '{weights}'" if weights else f"the Hugging Face hub or cache for timm model '{name}'"
+            mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+            if mismatches:
+                raise ModelLoadError(
+                    f"The DINO weights in {where} do not fit timm model '{name}' built with {arch_kwargs}: "
+                    f"{len(mismatches)} tensors differ in shape (first: {mismatches[0]}). Pass the architecture the "
+                    "weights were trained with as timm kwargs (img_size, patch_size, embed_dim, depth, num_heads...; "
+                    "CLI: --dino-kwargs for personalize, --dino-arch-json for evaluate)."
+                ) from err
             raise ModelLoadError(
                 f"Could not load DINO encoder '{name}' from {where} ({type(err).__name__}: {err}). Offline, either pass "
                 f"a local weights file (`DINOEncoder.from_pretrained(name, weights=PATH)`, CLI `--dino-weights PATH`; "

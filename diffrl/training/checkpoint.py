@@ -228,7 +228,9 @@ def resolve_checkpoint(root: str | os.PathLike, spec: str) -> Path:
         logger.warning("%s Using the newest complete checkpoint, '%s', instead.", problem, candidate)
         return candidate
     if not pointer.exists() and not list_checkpoints(root):
-        raise CheckpointError(f"No checkpoint to resume from: '{pointer}' does not exist (no checkpoint was completed).")
+        raise CheckpointError(
+            f"No checkpoint to resume from: '{pointer}' does not exist (no checkpoint was completed)."
+        )
     raise CheckpointError(f"No complete checkpoint to resume from in '{root}': {problem} No other checkpoint verifies.")
 
 
@@ -264,7 +266,8 @@ def _is_manifest(manifest: Any) -> bool:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("step"), int):
         return False
     files = manifest.get("files")
-    return isinstance(files, dict) and all(isinstance(i, dict) and {"size", "sha256"} <= i.keys() for i in files.values())
+    entries = files.values() if isinstance(files, dict) else [None]
+    return all(isinstance(entry, dict) and {"size", "sha256"} <= entry.keys() for entry in entries)
 
 
 def _not_a_checkpoint(path: Path) -> str | None:

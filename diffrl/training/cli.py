@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from diffrl.training.config import METHODS, MIXED_PRECISION, TrainConfig
@@ -17,8 +18,13 @@ examples:
   # the DreamBooth baseline, LoRA rank 4, two processes (CPU: gloo; GPUs: NCCL)
   accelerate launch --multi_gpu --num_processes 2 -m diffrl.cli personalize --method dreambooth --lora-rank 4 ...
 
+  # continue an interrupted run (or start it, if the folder is empty); allow a higher learning rate from now on
+  diffrl personalize ... --output-dir runs/dog --resume auto --allow-changed lr_actor
+
 outputs in --output-dir: model/ (StableDiffusionPipeline.from_pretrained(model/), or LoRA weights for
-pipe.load_lora_weights(model/)), checkpoints/ckpt-NNNNNN (resume with --resume latest), logs/ (TensorBoard).
+pipe.load_lora_weights(model/)), checkpoints/ckpt-NNNNNN (resume with --resume latest), logs/ (TensorBoard),
+history.jsonl (every step's losses and rewards). One run at a time per folder; a folder that holds a run is only
+continued (--resume) or replaced (--overwrite), and a resume refuses settings that change the result.
 """
 
 
@@ -32,6 +38,18 @@ def parse_rewards(text: str) -> dict[str, float]:
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"reward weight of {name!r} must be a number, got {weight!r}") from err
     return rewards
+
+
+def json_object(value: str) -> dict:
+    """argparse type: a JSON object, as text or as the path of a .json file."""
+    text = Path(value).read_text() if value.endswith(".json") and Path(value).is_file() else value
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a JSON object nor a .json file ({err})") from err
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of keyword arguments, got {value!r}")
+    return parsed
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bool = True) -> None:
@@ -52,6 +70,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     method.add_argument("--rewards", type=parse_rewards, default="lookforward=1,dino=1", help="NAME=WEIGHT,... (default: %(default)s)")
     method.add_argument("--dino-weights", type=Path, help="DINO weights file (.safetensors/.pth)")
     method.add_argument("--dino-arch", default="vit_small_patch16_224.dino", help="timm name (default: %(default)s)")
+    method.add_argument("--dino-kwargs", type=json_object, metavar="JSON",
+                        help="timm.create_model kwargs of the DINO (e.g. a small ViT's img_size), JSON text or file")
     method.add_argument("--gamma", type=float, default=0.9986)
     method.add_argument("--lam", type=float, default=1.0, help="weight of -Q in DPG's actor loss")
     method.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning (default: %(default)s)")
@@ -71,7 +91,13 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     run.add_argument("--output-dir", type=Path, required=pretrained_required)
     run.add_argument("--checkpoint-every", type=int, default=0, help="steps (0: only at the end)")
     run.add_argument("--sample-every", type=int, default=0, help="TensorBoard sample grids every N steps (0: never)")
-    run.add_argument("--resume", help='"latest" or a checkpoint directory')
+
+    folder = parser.add_argument_group("run folder")
+    folder.add_argument("--resume", metavar="latest|auto|CHECKPOINT",
+                        help='continue from "latest", from a checkpoint folder, or "auto": latest if any, else start')
+    folder.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
+    folder.add_argument("--allow-changed", nargs="+", default=[], metavar="FIELD", type=lambda s: s.replace("-", "_"),
+                        help="settings that may differ from the resumed checkpoint's (e.g. lr_actor)")
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
@@ -87,6 +113,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         nonfinite=args.nonfinite, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
         resume=args.resume,
     )
+    fields.update(dino_kwargs=args.dino_kwargs or {}, overwrite=args.overwrite, allow_changed=tuple(args.allow_changed))
     return TrainConfig(**{**fields, **overrides})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,10 @@ class TrainConfig:
         nonfinite: on a NaN/inf loss, "raise" an error or "skip" the optimizer step with a warning.
         checkpoint_every, keep_checkpoints: checkpoint period in steps (0: only at the end) and how many to keep.
         sample_every, num_samples, sample_steps, guidance_scale: sample grids in TensorBoard (0: never).
-        resume: "latest" or a checkpoint directory to continue from.
+        resume: "latest" or a checkpoint directory to continue from; "auto": "latest" if there is a checkpoint, else a
+            fresh start (see `diffrl.training.rundir` for what a resume checks).
+        overwrite: replace the run already in `output_dir` (without it, such a folder is refused).
+        allow_changed: fields that may differ from the resumed checkpoint's configuration.
     """
 
     pretrained: str
@@ -90,9 +94,12 @@ class TrainConfig:
     guidance_scale: float = 7.5
     log_every: int = 1
     resume: str | None = None
+    overwrite: bool = False
+    allow_changed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.rewards = {str(k): float(v) for k, v in dict(self.rewards).items()}
+        self._check_run_control()
         _choice("method", self.method, METHODS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("nonfinite", self.nonfinite, NONFINITE)
@@ -134,6 +141,23 @@ class TrainConfig:
                 "method 'reward_backprop' samples from noise, where the 'lookforward' reward has no reference x0; "
                 "use rewards={'dino': 1.0} (or method 'dpg')."
             )
+
+    def _check_run_control(self) -> None:
+        """Numbers are finite, reward weights >= 0, and resume/overwrite/allow_changed make sense together."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{item.name} must be a finite number, got {value!r}.")
+        for name, weight in self.rewards.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"rewards[{name!r}] (a reward weight) must be a finite number >= 0, got {weight!r}.")
+        self.allow_changed = tuple(self.allow_changed)
+        unknown = sorted(set(self.allow_changed) - {item.name for item in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"allow_changed names unknown setting(s) {unknown}; use TrainConfig field names such as "
+                              "'lr_actor' (CLI: --allow-changed lr_actor).")
+        if self.overwrite and self.resume:
+            raise ConfigError(f"overwrite and resume={self.resume!r} exclude each other (overwrite starts over).")
 
     @property
     def uses_rewards(self) -> bool:

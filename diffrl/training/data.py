@@ -34,9 +34,19 @@ class ReferenceImages:
             raise ImageLoadError("ReferenceImages got no image files.")
         self.paths = list(paths)
         self.resolution = resolution
-        base = [v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)]
-        # kept as uint8 (4x smaller than float: hundreds of class images at 512 px fit in memory)
-        self.images = [(v2.Compose(base)(pil_to_tensor(load_image(path))) * 255).round().to(torch.uint8) for path in self.paths]
+        base = v2.Compose([v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)])
+        self.images = []  # kept as uint8 (4x smaller than float: hundreds of class images at 512 px fit in memory)
+        for path in self.paths:
+            image = load_image(path)
+            if min(image.size) < resolution:
+                warnings.warn(
+                    f"Image '{path}' is {image.width}x{image.height} pixels, smaller than the training resolution "
+                    f"{resolution}: it is upscaled, and the model learns its blur. Use images at least {resolution} "
+                    "pixels on their shorter side.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            self.images.append((base(pil_to_tensor(image)) * 255).round().to(torch.uint8))
         crop = [v2.RandomResizedCrop(resolution, scale=(crop_scale, 1.0), ratio=(1.0, 1.0), antialias=True)] if crop_scale < 1 else []
         self.augment = v2.Compose([*crop, *([v2.RandomHorizontalFlip()] if random_flip else [])])
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffrl.io import disk_space_for
 from diffrl.models import SDComponents
-from diffrl.training.checkpoint import replace_dir_atomically
+from diffrl.training.checkpoint import METADATA_BYTES, replace_dir_atomically
 from diffrl.training.config import TrainConfig
 
 
@@ -14,7 +15,8 @@ def save_model(config: TrainConfig, components: SDComponents, target: Path | Non
 
     Full fine-tuning writes a diffusers folder (``StableDiffusionPipeline.from_pretrained(dir)``); LoRA writes
     ``pytorch_lora_weights.safetensors`` (``StableDiffusionPipeline.from_pretrained(config.pretrained)`` then
-    ``pipe.load_lora_weights(dir)``). Both also hold ``training_config.json``.
+    ``pipe.load_lora_weights(dir)``). Both also hold ``training_config.json``. On any error nothing is left behind
+    and an older model stays as it was; a full disk raises `diffrl.io.DiskFullError`.
     """
 
     def write(folder: Path) -> None:
@@ -27,4 +29,20 @@ def save_model(config: TrainConfig, components: SDComponents, target: Path | Non
             pipeline.save_pretrained(folder, safe_serialization=True)
         (folder / "training_config.json").write_text(config.to_json())
 
-    return replace_dir_atomically(target or config.model_dir, write)
+    target = Path(target or config.model_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hint = ("The run's last checkpoint is complete: free space, then export the model again by resuming "
+            "(CLI: --resume latest).")
+    needed = _model_bytes(config, components) + METADATA_BYTES
+    with disk_space_for(target.parent, needed, f"the model '{target}'", hint):
+        return replace_dir_atomically(target, write)
+
+
+def _model_bytes(config: TrainConfig, components: SDComponents) -> int:
+    """What the export writes: the LoRA weights, or every module's parameters and buffers."""
+    if config.lora_rank > 0:
+        tensors = [p for p in components.unet.parameters() if p.requires_grad]
+    else:
+        modules = (components.unet, components.vae, components.text_encoder)
+        tensors = [t for module in modules for t in module.state_dict().values()]
+    return sum(t.numel() * t.element_size() for t in tensors)

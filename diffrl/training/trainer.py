@@ -24,11 +24,12 @@ from tqdm.auto import tqdm
 from diffrl.data.images import list_images
 from diffrl.models import SDComponents, encode_images, encode_prompts, load_sd_components
 from diffrl.training.build import TrainingContext, build_loss
-from diffrl.training.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
-from diffrl.training.config import TrainConfig
+from diffrl.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from diffrl.training.config import ConfigError, TrainConfig
 from diffrl.training.data import ReferenceImages, check_identifier, derive_seed, ensure_class_images
 from diffrl.training.export import save_model
 from diffrl.training.rng import capture_rng, find_generators, restore_rng
+from diffrl.training.rundir import claim_run_dir, releases_run_dir
 
 LossFactory = Callable[[TrainConfig, TrainingContext], nn.Module]
 
@@ -59,6 +60,8 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     Accelerate keeps one global state per process; when an earlier run in this process chose another precision, that
     state (not the distributed process group) is reset so that runs with different settings can follow each other.
     """
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision='fp16' needs a CUDA GPU and none is available; use 'bf16' or 'no' on a CPU.")
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state()
@@ -78,6 +81,7 @@ class Trainer:
         components: already loaded components to train (default: loaded from ``config.pretrained``).
     """
 
+    @releases_run_dir(always=False)
     def __init__(
         self,
         config: TrainConfig,
@@ -90,6 +94,7 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         check_identifier(config.instance_prompt, config.identifier)
         instance_paths = list_images(config.instance_dir)  # fail fast, before loading the model
+        self.run_dir = claim_run_dir(config, self.accelerator)  # lock, overwrite and resume checks (rundir.py)
         seed_everything(config.seed)  # identical initialisation (e.g. LoRA) in every process
         self.components = components or load_sd_components(config.pretrained, device=self.accelerator.device)
         self._freeze()
@@ -116,8 +121,8 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
         self.writer = self._summary_writer()
-        if config.resume:
-            self.load(resolve_checkpoint(config.checkpoint_dir, config.resume))
+        if self.run_dir.resume_from is not None:
+            self.load(self.run_dir.resume_from)
 
     # ------------------------------------------------------------------ setup
     def _freeze(self) -> None:
@@ -249,6 +254,7 @@ class Trainer:
             param.grad /= self.world
 
     # ------------------------------------------------------------------ loop
+    @releases_run_dir(always=True)
     def train(self) -> TrainResult:
         """Run up to ``config.max_steps`` (from the resumed step), checkpoint, save the model."""
         config = self.config
@@ -257,6 +263,7 @@ class Trainer:
             logs = self.train_step()
             self.step += 1
             self.history.append({"step": float(self.step), **logs})
+            self.run_dir.record(self.history[-1])
             self._log(logs)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith(("loss", "reward"))}, refresh=False)
@@ -356,11 +363,22 @@ class Trainer:
         result = self.loss.load_state_dict(checkpoint.tensors["loss"], strict=False)
         if result.unexpected_keys:
             raise ValueError(f"Checkpoint '{path}' has loss-module entries this run lacks: {result.unexpected_keys[:5]}; was the method changed?")
+        learning_rates = list(self.scheduler.base_lrs)  # this run's (an allowed change must not be undone)
         self.optimizer.load_state_dict(checkpoint.states["optimizer"])
         self.scheduler.load_state_dict(checkpoint.states["scheduler"])
+        set_base_learning_rates(self.scheduler, learning_rates)
         restore_rng(checkpoint.states["rng"]["ranks"][self.rank], self.generators)
         self.step = checkpoint.step
         self.last_checkpoint = Path(path)
+
+
+def set_base_learning_rates(scheduler: LambdaLR, base_lrs: list[float]) -> None:
+    """Give a (just restored) `LambdaLR` and its optimizer these base learning rates, at the scheduler's step."""
+    scheduler.base_lrs = list(base_lrs)
+    for group, base, factor in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 def train(config: TrainConfig, loss_factory: LossFactory = build_loss) -> TrainResult:
