@@ -360,3 +360,11 @@ def test_personalize_loads_a_dino_with_its_kwargs(tiny_sd_path, instance_dir, ti
     assert len(errors) == 1 and "do not fit timm model" in errors[0] and "--dino-kwargs" in errors[0]
     assert main([*argv, "--dino-kwargs", json.dumps(kwargs)]) == 0  # the failed attempt left nothing in the way
     assert json.loads((tmp_path / "run" / "model" / "training_config.json").read_text())["dino_kwargs"] == kwargs
+
+
+def test_sample_reports_a_missing_model_in_one_line(tmp_path: Path, capsys) -> None:
+    argv = ["sample", "--pretrained", str(tmp_path / "nope"), "--prompt", "a dog", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"diffrl sample: error: Pipeline folder '{tmp_path / 'nope'}' does not exist")
+    assert len(err.strip().splitlines()) == 1

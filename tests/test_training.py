@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -218,6 +219,12 @@ def test_nonfinite_loss_raises_or_skips(tiny_sd_path: Path, instance_dir: Path, 
         (dict(grad_clip=0.0), "grad_clip must be > 0 or None"),
         (dict(nonfinite="ignore"), "nonfinite must be one of"),
         (dict(instance_prompt=" "), "instance_prompt must not be empty"),
+        (dict(rewards={"lookforward": float("nan")}), r"rewards\['lookforward'\] .*finite number >= 0, got nan"),
+        (dict(method="dpg", rewards={"lookforward": 1.0, "dino": -0.5}), r"rewards\['dino'\] .*got -0.5"),
+        (dict(lr_critic=float("inf")), "lr_critic must be a finite number, got inf"),
+        (dict(prior_weight=float("nan")), "prior_weight must be a finite number, got nan"),
+        (dict(allow_changed=("lr",)), r"allow_changed names unknown setting\(s\) \['lr'\]"),
+        (dict(resume="auto", overwrite=True), "exclude each other"),
     ],
 )
 def test_invalid_hyperparameters(overrides: dict, message: str, tmp_path: Path) -> None:
@@ -252,14 +259,61 @@ def test_class_images_are_generated_once_and_reused(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ example and CLI
-def test_example_writes_grid_and_reward_curve(tmp_path: Path) -> None:
+def run_example(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     script = REPO / "examples" / "personalize_dino.py"
-    done = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path), "--max-steps", "1", "--checkpoint-every", "0"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def grid_rows(path: Path) -> list[np.ndarray]:
+    """The rows (references, before, after) of the example's before/after grid (make_grid: 2-pixel padding)."""
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    size = (grid.shape[0] - 2) // 3 - 2
+    return [grid[2 + row * (size + 2) : 2 + row * (size + 2) + size] for row in range(3)]
+
+
+def test_example_writes_grid_and_reward_curve_and_resumes_a_finished_run(tmp_path: Path) -> None:
+    args = ["--output-dir", str(tmp_path), "--max-steps", "1", "--checkpoint-every", "0", "--lr-actor", "1e-3"]
+    done = run_example(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("before_after.png", "reward_curve.png", "model/model_index.json"):
         assert (tmp_path / name).is_file(), name
+    _, before, after = grid_rows(tmp_path / "before_after.png")
+    assert not np.array_equal(before, after)  # the comparison below can tell trained from base weights
+    again = run_example(*args, "--resume", "latest")  # at max_steps already: nothing to train, nothing to crash
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reward curve: steps 1-1" in again.stdout  # read back from the run folder, not from this process
+    _, resumed_before, resumed_after = grid_rows(tmp_path / "before_after.png")
+    assert np.array_equal(resumed_before, before)  # the base model, not the resumed weights
+    assert np.array_equal(resumed_after, after)
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("personalize_dino", REPO / "examples" / "personalize_dino.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_honours_instance_flags_without_pretrained(instance_dir: Path, tmp_path: Path) -> None:
+    example = load_example()
+    cfg, _ = example.build_config(["--instance-dir", str(instance_dir), "--instance-prompt", "a sks blob",
+                                   "--output-dir", str(tmp_path)])
+    assert (cfg.instance_dir, cfg.instance_prompt, cfg.class_prompt) == (str(instance_dir), "a sks blob", None)
+    assert cfg.dino_kwargs  # still the zoo's model and DINO
+    cfg, _ = example.build_config(["--instance-prompt", "a photo of sks poodle", "--output-dir", str(tmp_path)])
+    assert cfg.instance_prompt == "a photo of sks poodle" and cfg.instance_dir.endswith("poodle")
+    with pytest.raises(ConfigError, match="--instance-dir needs --instance-prompt"):
+        example.build_config(["--instance-dir", str(instance_dir)])
+    with pytest.raises(ConfigError, match="give one of them"):
+        example.build_config(["--instance-dir", str(instance_dir), "--instance-prompt", "a sks x", "--subject", "cat"])
+    with pytest.raises(ConfigError, match="--pretrained needs --instance-dir and --instance-prompt"):
+        example.build_config(["--pretrained", "sd"])
+    done = run_example("--instance-dir", str(tmp_path / "nonexistent"), "--instance-prompt", "a sks dog",
+                       "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"personalize_dino.py: error: Image folder '{tmp_path}")
+    assert "Traceback" not in done.stderr
 
 
 def test_personalize_command_is_registered() -> None:
