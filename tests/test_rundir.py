@@ -29,7 +29,7 @@ from diffrl.training import CheckpointError, ConfigError, TrainConfig, Trainer, 
 from diffrl.training.checkpoint import list_checkpoints, resolve_checkpoint
 from diffrl.training.history import read_history
 from diffrl.training.lock import LOCK_FILE, RunDirError, RunLock, RunLockedError
-from diffrl.training.rundir import HARMLESS_CHANGES, ConfigMismatchError, config_differences
+from diffrl.training.rundir import HARMLESS_CHANGES, ConfigMismatchError, config_differences, open_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -200,6 +200,21 @@ def test_resume_auto_starts_an_empty_folder_and_resumes_a_started_one(tiny_sd_pa
     assert trainer.step == 1
     trainer.train()
     assert [r["step"] for r in read_history(tmp_path)] == [1, 2]
+
+
+def test_resume_auto_restarts_an_attempt_without_checkpoint_but_never_a_finished_model(tmp_path, caplog) -> None:
+    cfg = config(Path("sd"), Path("images"), tmp_path, resume="auto")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "history.jsonl").write_text('{"step": 1.0}\n')  # killed at step 2, before any checkpoint
+    with caplog.at_level(logging.WARNING):
+        run = open_run_dir(cfg, world_size=1)
+    run.release()
+    assert run.resume_from is None and "removed the previous run's logs, history.jsonl" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]
+    (tmp_path / "model").mkdir()
+    with pytest.raises(RunDirError, match="holds a finished model but no checkpoint"):
+        open_run_dir(cfg, world_size=1)
+    assert (tmp_path / "model").is_dir()
 
 
 def test_changed_settings_on_resume_are_listed_and_allow_changed_applies_them(tiny_sd_path, instance_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""Personalization training: dataclass configs, data, the Accelerate trainer and atomic checkpoints.
+"""Personalization training: dataclass configs, data, the Accelerate trainer, atomic checkpoints and run folders.
 
 Names are imported lazily so that ``diffrl.training.checkpoint`` and ``diffrl --help`` stay light.
 """
@@ -14,6 +14,9 @@ _EXPORTS = {
     "config": ("ConfigError", "TrainConfig"),
     "data": ("ReferenceImages", "check_identifier", "ensure_class_images"),
     "export": ("save_model",),
+    "history": ("read_history",),
+    "lock": ("RunDirError", "RunLockedError"),
+    "rundir": ("ConfigMismatchError",),
     "trainer": ("NonFiniteLossError", "TrainResult", "Trainer", "train"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

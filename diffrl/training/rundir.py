@@ -129,25 +129,25 @@ def _starting_point(config: TrainConfig, world_size: int) -> Path | None:
     folder = Path(config.output_dir)
     started = [name for name in RUN_ENTRIES if (folder / name).exists()]
     has_checkpoint = bool(list_checkpoints(config.checkpoint_dir)) or (config.checkpoint_dir / "latest").exists()
-    if config.overwrite or (config.resume == "auto" and not has_checkpoint and started and "model" not in started):
-        for name in started:
-            remove_path(folder / name)
-        if started:
-            why = "overwrite" if config.overwrite else "resume='auto' and no checkpoint was completed"
-            logger.warning("Starting over in '%s' (%s): removed the previous run's %s.", folder, why,
-                           ", ".join(started))
-        return None
-    if config.resume is None or (config.resume == "auto" and not started):
-        if started:
+    spec = config.resume
+    if spec == "auto":  # an attempt killed before its first checkpoint has nothing to continue: start it over
+        if not has_checkpoint and "model" in started:
+            raise RunDirError(f"Output folder '{folder}' holds a finished model but no checkpoint to resume from; "
+                              "replace the run with --overwrite, or choose another --output-dir.")
+        spec = "latest" if has_checkpoint else None
+    if spec is None:
+        if started and not (config.overwrite or config.resume == "auto"):
             raise RunDirError(
                 f"Output folder '{folder}' already holds a run ({', '.join(started)}). Continue it with --resume "
                 "latest, replace it with --overwrite, or choose another --output-dir."
             )
+        for name in started:
+            remove_path(folder / name)
+        if started:
+            why = "--overwrite" if config.overwrite else "--resume auto, and no checkpoint was completed"
+            logger.warning("Starting over in '%s' (%s): removed the previous run's %s.", folder, why,
+                           ", ".join(started))
         return None
-    spec = "latest" if config.resume == "auto" else config.resume
-    if config.resume == "auto" and not has_checkpoint:
-        raise RunDirError(f"Output folder '{folder}' holds a finished model but no checkpoint to resume from; "
-                          "replace the run with --overwrite, or choose another --output-dir.")
     path = resolve_checkpoint(config.checkpoint_dir, spec)  # "latest" comes back verified
     if spec != "latest":
         verify_checkpoint(path)
