@@ -129,6 +129,15 @@ def test_killed_training_process_resumes_to_the_uninterrupted_result(tiny_sd_pat
     assert unet_hash(resumed.components.unet) == unet_hash(full.components.unet)
     assert read_history(tmp_path / "split") == read_history(tmp_path / "full")  # steps 1-8 once each, same values
     assert [r["step"] for r in read_history(tmp_path / "full")] == list(range(1, 9))
+    assert tensorboard_steps(tmp_path / "split" / "logs", "train/loss_actor") == list(range(1, 9))  # none twice
+
+
+def tensorboard_steps(logs: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
 
 
 # ------------------------------------------------------------------ one writer per folder

@@ -59,10 +59,11 @@ class ConfigMismatchError(RunDirError):
 
 @dataclass
 class RunDir:
-    """A run folder taken by this run: where it resumes from, its lock and history log (main process only)."""
+    """A run folder taken by this run: where it resumes from and (main process only) its step, lock and history."""
 
     folder: Path
     resume_from: Path | None
+    start_step: int = 0
     lock: RunLock | None = None
     history: HistoryLog | None = None
 
@@ -110,7 +111,7 @@ def open_run_dir(config: TrainConfig, world_size: int) -> RunDir:
             logger.warning("Cleaned up after an interrupted run in '%s': %s.", folder, "; ".join(repaired))
         resume_from = _starting_point(config, world_size)
         start = int(_meta(resume_from)["step"]) if resume_from else 0
-        return RunDir(folder, resume_from, lock, HistoryLog(folder, start))
+        return RunDir(folder, resume_from, start, lock, HistoryLog(folder, start))
     except BaseException:
         lock.release()
         raise

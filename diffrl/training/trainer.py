@@ -171,7 +171,8 @@ class Trainer:
             return None
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(Path(self.config.output_dir) / "logs"))
+        start = self.run_dir.start_step  # resumed: hide what the interrupted run logged after its checkpoint
+        return SummaryWriter(str(Path(self.config.output_dir) / "logs"), purge_step=start + 1 if start else None)
 
     # ------------------------------------------------------------------ one step
     def batch(self, step: int) -> TensorDict:
@@ -341,6 +342,7 @@ class Trainer:
         path = self.config.checkpoint_dir / f"ckpt-{self.step:06d}"
         if self.accelerator.is_main_process:
             path = save_checkpoint(self.config.checkpoint_dir, checkpoint, keep=self.config.keep_checkpoints)
+            self.writer.flush()  # the logs up to a checkpoint survive a kill, like the checkpoint
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = path
         return path
