@@ -52,6 +52,11 @@ def json_object(value: str) -> dict:
     return parsed
 
 
+def field_name(flag: str) -> str:
+    """argparse type: ``lr-actor`` or ``lr_actor`` -> the `TrainConfig` field ``lr_actor``."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bool = True) -> None:
     """The `TrainConfig` fields as command-line flags."""
     data = parser.add_argument_group("model and data")
@@ -96,7 +101,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     folder.add_argument("--resume", metavar="latest|auto|CHECKPOINT",
                         help='continue from "latest", from a checkpoint folder, or "auto": latest if any, else start')
     folder.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
-    folder.add_argument("--allow-changed", nargs="+", default=[], metavar="FIELD", type=lambda s: s.replace("-", "_"),
+    folder.add_argument("--allow-changed", nargs="+", default=[], metavar="FIELD", type=field_name,
                         help="settings that may differ from the resumed checkpoint's (e.g. lr_actor)")
 
 

@@ -99,6 +99,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.rewards = {str(k): float(v) for k, v in dict(self.rewards).items()}
+        self._check_numbers()
         self._check_run_control()
         _choice("method", self.method, METHODS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
@@ -142,8 +143,8 @@ class TrainConfig:
                 "use rewards={'dino': 1.0} (or method 'dpg')."
             )
 
-    def _check_run_control(self) -> None:
-        """Numbers are finite, reward weights >= 0, and resume/overwrite/allow_changed make sense together."""
+    def _check_numbers(self) -> None:
+        """Every float setting is finite (any field, including ones added later); reward weights are also >= 0."""
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -151,6 +152,9 @@ class TrainConfig:
         for name, weight in self.rewards.items():
             if not (math.isfinite(weight) and weight >= 0):
                 raise ConfigError(f"rewards[{name!r}] (a reward weight) must be a finite number >= 0, got {weight!r}.")
+
+    def _check_run_control(self) -> None:
+        """resume, overwrite and allow_changed make sense together (see `diffrl.training.rundir`)."""
         self.allow_changed = tuple(self.allow_changed)
         unknown = sorted(set(self.allow_changed) - {item.name for item in dataclasses.fields(self)})
         if unknown:
