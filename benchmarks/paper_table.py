@@ -172,6 +172,7 @@ def train_one(config: PaperTableConfig, method: str, subject: Subject, seed: int
         batch_size=config.batch_size,
         guidance_scale=config.guidance_scale,
         seed=seed,
+        resume="auto",  # a run killed earlier continues from its last checkpoint
         **method_settings(config.reward_weight)[method],
     )
     result = train(train_config)

@@ -1,8 +1,8 @@
 """How entry points report errors the user can fix: one line on stderr, the traceback only when verbose.
 
-A user error is a bad setting, path, file or model, a run folder that cannot be used, or a full disk: its message
-already says what is wrong and what to do, so a traceback would only bury it. Any other exception is a bug and
-propagates with its traceback.
+A user error is a bad setting, path, file or model, a run folder that cannot be used, or a full disk (any OSError
+with ENOSPC/EDQUOT, `diffrl.io.DiskFullError` included): its message already says what is wrong and what to do, so
+a traceback would only bury it. Any other exception is a bug and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -14,21 +14,26 @@ from collections.abc import Callable
 EXIT_USER_ERROR = 2
 
 
+def is_user_error(err: BaseException) -> bool:
+    """Whether `err`'s message is meant for the user: one of `user_error_types`, or a full disk."""
+    from diffrl.io import DISK_FULL_ERRNOS
+
+    return isinstance(err, user_error_types()) or (isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS)
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exception classes whose messages are meant for the user (imported here, when an error is reported, so
     that ``diffrl --help`` does not load torch)."""
     from diffrl.data.images import ImageLoadError
     from diffrl.evaluation.dreambench import DreamBenchError
-    from diffrl.io import DiskFullError
     from diffrl.models.loading import ModelLoadError
     from diffrl.training.checkpoint import CheckpointError
     from diffrl.training.config import ConfigError
     from diffrl.training.lock import RunDirError
     from diffrl.training.trainer import NonFiniteLossError
 
-    return (ConfigError, ImageLoadError, ModelLoadError, CheckpointError, RunDirError, DreamBenchError, DiskFullError,
-            NonFiniteLossError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError)
+    return (ConfigError, ImageLoadError, ModelLoadError, CheckpointError, RunDirError, DreamBenchError,
+            NonFiniteLossError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def report_user_error(prog: str, err: BaseException, verbose: bool) -> int:
@@ -45,6 +50,6 @@ def run_reporting_user_errors(prog: str, verbose: bool, run: Callable[[], int]) 
     try:
         return run()
     except Exception as err:
-        if not isinstance(err, user_error_types()):
+        if not is_user_error(err):
             raise
         return report_user_error(prog, err, verbose)

@@ -392,3 +392,11 @@ def test_sample_reports_a_missing_model_in_one_line(tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err
     assert err.startswith(f"diffrl sample: error: Pipeline folder '{tmp_path / 'nope'}' does not exist")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_which_errors_are_the_users() -> None:
+    from diffrl.errors import is_user_error
+
+    assert is_user_error(DiskFullError("full")) and is_user_error(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_user_error(ConfigError("lr")) and is_user_error(FileNotFoundError(2, "No such file", "x.png"))
+    assert not is_user_error(OSError(errno.EIO, "I/O error")) and not is_user_error(KeyError("files"))

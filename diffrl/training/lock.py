@@ -63,18 +63,17 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, default_mode(directory=False))
         try:
             previous = self._acquire(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(asdict(LockHolder.current())).encode(), 0)
+            os.fsync(fd)
         except BaseException:
-            os.close(fd)
+            os.close(fd)  # unlocks
             raise
         self._fd = fd
         self._close = weakref.finalize(self, os.close, fd)
         if previous is not None:
             logger.warning("Taking over '%s' from %s: that run ended without releasing it (it was killed or crashed).",
                            self.path.parent, previous)
-        record = json.dumps(asdict(LockHolder.current())).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
-        os.fsync(fd)
 
     def _acquire(self, fd: int) -> LockHolder | None:
         """Lock `fd`; return the record a holder that died left behind (None if it was released cleanly)."""
