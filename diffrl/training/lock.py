@@ -100,10 +100,6 @@ class RunLock:
             )
         return holder
 
-    @property
-    def held(self) -> bool:
-        return self._close.alive
-
     def release(self) -> None:
         """Clear the holder record and unlock (idempotent)."""
         if self._close.alive:
