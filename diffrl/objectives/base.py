@@ -33,6 +33,8 @@ class DiffusionLoss(LossModule):
         reference_env: a reference-mode env used to noise ``x0`` for the DreamBooth terms (default: ``env`` when it is
             in reference mode).
         text_encoder: the text encoder when it is trained too (its trainable parameters join `actor_parameters`).
+        same_batch_size: require ``env`` and ``reference_env`` to share the batch size (a subclass whose ``env``
+            steps batches of its own sets False).
     """
 
     actor: UNetActor
@@ -45,12 +47,13 @@ class DiffusionLoss(LossModule):
         *,
         reference_env: DenoisingEnv | None = None,
         text_encoder: nn.Module | None = None,
+        same_batch_size: bool = True,
     ) -> None:
         super().__init__()
         check_actor(actor)
         if reference_env is not None and reference_env.config.mode != "reference":
             raise ValueError(f"reference_env must be in reference mode, got mode={reference_env.config.mode!r}.")
-        if reference_env is not None and reference_env.batch_size != env.batch_size:
+        if same_batch_size and reference_env is not None and reference_env.batch_size != env.batch_size:
             raise ValueError(f"reference_env batch_size {tuple(reference_env.batch_size)} != env's {tuple(env.batch_size)}.")
         self.__dict__["env"] = env
         self.__dict__["reference_env"] = reference_env or (env if env.config.mode == "reference" else None)
@@ -76,10 +79,9 @@ class DiffusionLoss(LossModule):
         missing = [key for key in INSTANCE_KEYS if key not in batch.keys()]
         if missing:
             raise KeyError(f"{type(self).__name__} needs batch keys {list(INSTANCE_KEYS)}; missing {missing}.")
-        if tuple(batch.batch_size) != tuple(self.env.batch_size):
-            raise ValueError(
-                f"batch_size {tuple(batch.batch_size)} does not match the environment's {tuple(self.env.batch_size)}."
-            )
+        expected = tuple((self.reference_env or self.env).batch_size)
+        if tuple(batch.batch_size) != expected:
+            raise ValueError(f"batch_size {tuple(batch.batch_size)} does not match the environment's {expected}.")
 
     # -------------------------------------------------- noising, DreamBooth
     def noised_state(self, x0: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor) -> TensorDictBase:

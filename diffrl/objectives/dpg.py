@@ -2,33 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from torch import Tensor, nn
+from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.objectives import SoftUpdate
 
 from diffrl.agents.actor import ACTOR_IN_KEYS, UNetActor
 from diffrl.agents.critic import QCritic
 from diffrl.envs.denoising import DenoisingEnv
 from diffrl.objectives.base import DiffusionLoss, check_reference_env, check_unguided, check_weight, metric
-from diffrl.rewards import look_forward
+from diffrl.objectives.weighting import ACTOR_WEIGHTINGS, actor_weight
+from diffrl.rewards import RewardInputs, look_forward
+
+EXPLORATION_SPACES = ("x0", "eps")
 
 
 @dataclass
 class DPGConfig:
     """Attributes:
     gamma: discount in ``[0, 1]`` of the Bellman target (per inference step).
-    lam: lambda, the weight of ``-Q(s, mu(s))`` in the actor loss.
+    lam: lambda, the weight of ``-w(t) Q(s, mu(s))`` in the actor loss (after the warm-up and ramp).
     bootstrap: ``True``: y = r + gamma (1 - done) Q_target(s', mu(s')); ``False``: y = r, the one-step regressor of
         the authors' released code.
     eps_weight: weight of the DreamBooth eps-MSE on the instance batch (the paper uses 1).
     prior_weight: weight of the prior-preservation eps-MSE (used when the batch has ``"prior"``).
-    exploration_std: std of the Gaussian noise added to the action of the critic's transition (DDPG's behaviour policy
-        a + N(0, std^2), drawn from the env's generator). Without it the critic only sees on-policy actions and its
-        action-gradient is not identified (except through look-forward features aligned with the reward).
-    tau: Polyak rate of the target critic, ``target <- (1 - tau) target + tau critic`` per ``target_updater.step()``.
+    exploration_std: std of the Gaussian exploration noise of the critic's behaviour actions.
+    exploration_space: ``"x0"``: the noise has ``exploration_std`` in x0_hat space (latent units), i.e. eps-space std
+        ``exploration_std * sqrt(abar_t / (1 - abar_t))``, one perturbation size at every noise level; ``"eps"``:
+        ``exploration_std`` in eps space (which x0_hat amplifies by sqrt((1 - abar_t) / abar_t), x14.6 at t = 999).
+    exploration_actions: K behaviour actions per noised state, besides the policy's own action mu(s).
+    (The critic's noised states per actor step are the batch size of the loss's ``env``.)
+    replay_size: capacity of the replay buffer in noised states (each with its K + 1 transitions).
+    critic_batch_size: noised states per critic update (each with its K + 1 transitions).
+    critic_updates: critic updates per actor step (the first inside ``forward``, the others `auxiliary_updates`).
+    warmup_steps: actor steps (collected batches) before the actor reads Q: meanwhile the actor follows the
+        eps-MSE alone and the critic learns from the collected transitions.
+    lam_ramp_steps: after the warm-up, lambda grows linearly from 0 to `lam` over this many steps.
+    actor_weighting: w(t) of the actor's Q term (`diffrl.objectives.weighting.actor_weight`): ``"gamma_t"`` (the
+        paper's gamma^t), ``"snr"`` or ``"none"``.
+    pair_weight: weight of the paired-action term of the critic loss, which regresses Q(s, b_k) - Q(s, mu(s)) on
+        y_k - y_0 for the K behaviour actions of one state: the state's value cancels, what is left is how Q
+        changes with the action (the part the actor reads).
+    normalization_rate: rate of the critic's per-band value statistics (`QCritic.update_statistics`).
+    tau: Polyak rate of the target critic, ``target <- (1 - tau) target + tau critic`` per critic update.
     reward_scale: multiplies the env's reward in the critic target.
     """
 
@@ -38,43 +59,82 @@ class DPGConfig:
     eps_weight: float = 1.0
     prior_weight: float = 1.0
     exploration_std: float = 0.1
+    exploration_space: str = "x0"
+    exploration_actions: int = 4
+    replay_size: int = 4096
+    critic_batch_size: int = 32
+    critic_updates: int = 4
+    warmup_steps: int = 25
+    lam_ramp_steps: int = 25
+    actor_weighting: str = "gamma_t"
+    pair_weight: float = 10.0
+    normalization_rate: float = 0.01
     tau: float = 0.005
     reward_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
-        check_weight("lam", self.lam)
-        check_weight("eps_weight", self.eps_weight)
-        check_weight("prior_weight", self.prior_weight)
-        check_weight("exploration_std", self.exploration_std)
+        for name in ("lam", "eps_weight", "prior_weight", "exploration_std", "pair_weight", "reward_scale"):
+            check_weight(name, getattr(self, name))
+        for name in ("exploration_actions", "replay_size", "critic_batch_size", "critic_updates"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
+        for name in ("warmup_steps", "lam_ramp_steps"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}.")
+        if self.exploration_space not in EXPLORATION_SPACES:
+            raise ValueError(f"exploration_space must be one of {list(EXPLORATION_SPACES)}, got {self.exploration_space!r}.")
+        if self.actor_weighting not in ACTOR_WEIGHTINGS:
+            raise ValueError(f"actor_weighting must be one of {list(ACTOR_WEIGHTINGS)}, got {self.actor_weighting!r}.")
+        if not 0.0 < self.normalization_rate <= 1.0:
+            raise ValueError(f"normalization_rate must be in (0, 1], got {self.normalization_rate}.")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau (the soft target update rate) must be in (0, 1], got {self.tau}.")
-        check_weight("reward_scale", self.reward_scale)
+        if self.critic_batch_size > self.replay_size:
+            raise ValueError(f"critic_batch_size ({self.critic_batch_size}) must not exceed replay_size ({self.replay_size}).")
 
 
 class DPGLoss(DiffusionLoss):
-    """Actor-critic loss of deterministic policy gradients on noised reference latents.
+    """Actor-critic loss of deterministic policy gradients on noised reference latents, with a replay buffer.
 
-    A transition: s_t = x0 noised by the reference env to a random step; mu(s_t) the U-Net's action (with gradients);
-    b = mu(s_t).detach() + exploration noise the behaviour action; s' = the env's scheduler step from s_t with b and
-    r = r(s_t, b) its per-step reward (both computed under ``no_grad``: the next state and the reward are data for the
-    critic, not a path for actor gradients).
+    Each ``forward(batch)``:
 
-    - ``loss_critic = mean (Q(s, b) - y)^2`` with ``y = reward_scale * r + gamma (1 - done) Q_target(s', mu(s'))``
-      where mu(s') is the same actor under ``no_grad`` (no U-Net copy) and Q_target uses the target critic params.
-    - ``loss_actor = -lam * mean Q(s, mu(s)) + eps_weight * mse(a, eps) + prior_weight * prior_mse``, the critic read
-      with detached parameters so that only the actor moves.
+    1. **Noised state.** s_t = x0 noised by the reference env (the same draws of t and eps as `DreamBoothLoss` for the
+       same seed and batch); mu(s_t) = the U-Net's action, with gradients.
+    2. **Collect** (no gradients), for the critic: M = ``env.batch_size`` noised states of the batch's x0 (cycled),
+       at uniformly random schedule steps; for each, the policy's action b_0 = mu(s) and K behaviour actions
+       b_k = mu(s) + noise (`DPGConfig.exploration_space`), each stepped by ``env``: reward r(s, b_k), next state
+       s'_k and, with the Bellman backup, the policy's next action mu(s'_k). These draws (steps, noise, exploration,
+       replay sampling) come from the loss's own generator ``rng``: the reference env's stream is left exactly as
+       DreamBooth's. The group is scored by the critic before it joins the replay buffer (``critic_r2_fresh``: R^2 on
+       transitions the critic has not trained on).
+    3. **Critic loss** on ``critic_batch_size`` states sampled from the replay buffer, in fp32 (autocast off):
+       y_k = reward_scale r_k + gamma (1 - done_k) Q_target(s'_k, mu(s'_k)); the critic's per-band statistics move
+       towards y (PopArt); ``loss_critic = mse(Q_norm(s, b_k), y_norm_k) + pair_weight * mse(Q_norm(s, b_k) -
+       Q_norm(s, b_0), y_norm_k - y_norm_0)`` in each band's normalised units (`QCritic`).
+    4. **Actor loss** ``eps_weight * mse(mu(s), eps) + prior_weight * prior_mse - lam_t * mean(w(t) Q(s, mu(s)))``,
+       the critic read with detached parameters; lam_t = 0 during the warm-up, then ramps to `lam`.
 
-    Logged: ``"reward"`` (mean r of the behaviour action), ``"q_value"`` (mean Q(s, b)), ``"td_target"`` (mean y),
-    ``"td_error"`` (mean |Q(s, b) - y|), ``"eps_mse"`` and, with a prior batch, ``"prior_mse"``.
+    The next action mu(s'_k) is the policy's at collection time (the replay capacity bounds its age); the trainer runs
+    ``critic_updates - 1`` more critic updates per actor step through `auxiliary_loss`.
+
+    Logged: ``"reward"`` (mean r(s, mu(s)) of the policy's own action), ``"reward_explore"`` (mean r of the
+    behaviour actions b_1..b_K), ``"q_value"``, ``"td_target"``, ``"td_error"``, ``"critic_r2"`` (replay sample) and
+    ``"critic_r2_fresh"`` (the new group, before the critic trains on it), ``"lam"``, ``"eps_mse"``, ``"prior_mse"``.
 
     Args:
-        env: a reference-mode `DenoisingEnv` with a per-step reward (typically ``num_inference_steps=999``, the t -> t-1 chain of SD v1).
+        env: a reference-mode `DenoisingEnv` with a per-step reward (typically ``num_inference_steps=999``, the
+            t -> t-1 chain of SD v1): it steps the critic's transitions; its batch size is M, the critic's noised
+            states per actor step.
         actor: ``UNetActor(unet, guidance_scale=1.0)``.
         critic: the `QCritic`; its parameters are the trainable critic parameters, a target copy is created.
         config: hyperparameters.
+        reference_env: the reference-mode env that noises the actor's x0 (default: ``env``, then with the same batch
+            size). Pass the env a `DreamBoothLoss` of the same seed would use to make the two runs see the same noised
+            states.
         text_encoder: the text encoder when it is trained too.
+        seed: seed of the loss's generator (exploration noise, replay sampling); default: the env's seed + 1.
     """
 
     critic: QCritic
@@ -88,7 +148,9 @@ class DPGLoss(DiffusionLoss):
         critic: QCritic,
         config: DPGConfig | None = None,
         *,
+        reference_env: DenoisingEnv | None = None,
         text_encoder: nn.Module | None = None,
+        seed: int | None = None,
     ) -> None:
         check_reference_env(env, "DPGLoss")
         check_unguided(actor, "DPGLoss")
@@ -98,75 +160,249 @@ class DPGLoss(DiffusionLoss):
             raise ValueError(f"DPGLoss needs per-step rewards r(s_t, a): got reward_mode={env.config.reward_mode!r}.")
         if critic.latent_shape != tuple(env.latent_shape):
             raise ValueError(f"critic latent_shape {critic.latent_shape} != env latent shape {tuple(env.latent_shape)}.")
-        super().__init__(env, actor, text_encoder=text_encoder)
+        super().__init__(env, actor, reference_env=reference_env, text_encoder=text_encoder, same_batch_size=False)
         self.config = config or DPGConfig()
         self.convert_to_functional(critic, "critic", create_target_params=True)
         self.target_updater = SoftUpdate(self, tau=self.config.tau)
+        self.rng = torch.Generator(device=env.device)
+        self.rng.manual_seed(env.rng.initial_seed() + 1 if seed is None else seed)
+        storage = LazyTensorStorage(self.config.replay_size, device=env.device)
+        self.replay = ReplayBuffer(storage=storage, batch_size=self.config.critic_batch_size, generator=self.rng)
+        self.register_buffer("collected_batches", torch.zeros((), dtype=torch.int64))
 
     def critic_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.critic_params.values(True, True) if isinstance(p, nn.Parameter) and p.requires_grad]
 
-    # ---------------------------------------------------------------- pieces
+    @property
+    def auxiliary_updates(self) -> int:
+        """Critic-only updates the trainer runs after each actor step (`auxiliary_loss`)."""
+        return self.config.critic_updates - 1
+
+    # ---------------------------------------------------------------- critic
+    @contextlib.contextmanager
+    def _fp32(self) -> Iterator[None]:
+        """The critic and its TD targets in fp32, also under mixed precision (bf16 cannot resolve Q's small steps)."""
+        with torch.autocast(device_type=self.env.device.type, enabled=False):
+            yield
+
+    def _critic_inputs(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
+        latents, timestep = state["latents"].float(), state["timestep"]
+        x0 = state.get("x0", None)
+        return dict(
+            latents=latents,
+            timestep=timestep,
+            prompt_embeds=state["prompt_embeds"].float(),
+            action=action.float(),
+            x0_hat=look_forward(latents, action.float(), self.env.schedule.abar(timestep).to(latents)),
+            x0=None if x0 is None else x0.float(),
+        )
+
     def q_value(self, params: TensorDictBase, state: TensorDictBase, action: Tensor) -> Tensor:
-        """Q(s, a) ``[B]`` with the given critic parameters (``critic_params``, detached, or target)."""
-        latents, timestep = state["latents"], state["timestep"]
-        x0_hat = None
-        if self.critic.lookforward_features:
-            x0_hat = look_forward(latents, action, self.env.schedule.abar(timestep))
-        with params.to_module(self.critic):
-            return self.critic(latents, timestep, state["prompt_embeds"], action, x0_hat=x0_hat, x0=state.get("x0", None))
+        """Q(s, a) ``[B]`` (fp32) with the given critic parameters (``critic_params``, detached, or target)."""
+        with self._fp32(), params.to_module(self.critic, preserve_module_state=False):
+            return self.critic(**self._critic_inputs(state, action))
 
-    def explore(self, action: Tensor) -> Tensor:
-        """The behaviour action ``a.detach() + exploration_std * N(0, I)`` (noise from the env's generator)."""
-        action = action.detach()
-        if self.config.exploration_std == 0:
-            return action
-        noise = torch.randn(action.shape, generator=self.env.rng, device=action.device, dtype=action.dtype)
-        return action + self.config.exploration_std * noise
+    def q_normalized(self, state: TensorDictBase, action: Tensor) -> Tensor:
+        """Q of the trained critic in its bands' normalised units ``[B]`` (fp32), with gradients to its parameters."""
+        with self._fp32(), self.critic_params.to_module(self.critic, preserve_module_state=False):
+            return self.critic.normalized(**self._critic_inputs(state, action))
 
-    def transition(self, state: TensorDictBase) -> TensorDictBase:
-        """The env's step from a state with ``"action"``, as data: a detached copy of ``state`` with ``"next"``."""
-        with torch.no_grad():
-            return self.env.step(state.detach())
+    # ------------------------------------------------------------ collection
+    def behaviour_actions(self, state: TensorDictBase, generator: torch.Generator | None = None) -> Tensor:
+        """``[B, K + 1, C, h, w]``: mu(s) (index 0, detached) and K explorations of it (noise from ``generator``,
+        default the loss's)."""
+        mu = state["action"].detach()
+        k = self.config.exploration_actions
+        noise = torch.randn((mu.shape[0], k, *mu.shape[1:]), generator=generator or self.rng, device=mu.device,
+                            dtype=mu.dtype)
+        std = torch.full((mu.shape[0],), self.config.exploration_std, device=mu.device, dtype=mu.dtype)
+        if self.config.exploration_space == "x0":
+            abar = self.env.schedule.abar(state["timestep"]).to(mu)
+            std = std * (abar / (1 - abar)).sqrt()  # |d eps| = sqrt(abar / (1 - abar)) |d x0_hat|
+        return torch.cat([mu[:, None], mu[:, None] + std.view(-1, 1, 1, 1, 1) * noise], dim=1)
 
-    def td_target(self, transition: TensorDictBase) -> Tensor:
-        """y = reward_scale * r + gamma * (1 - done) * Q_target(s', mu(s')) ``[B]`` (r only without bootstrap); no grad."""
-        next_state = transition["next"]
-        with torch.no_grad():
-            reward = self.config.reward_scale * next_state["reward"].squeeze(-1)
+    @torch.no_grad()
+    def noised_states(self, batch: TensorDictBase, generator: torch.Generator | None = None) -> TensorDictBase:
+        """M = ``env.batch_size`` states for the critic: the batch's x0 cycled, noised to uniformly random schedule
+        steps with ``generator`` (default: the loss's), with the policy's action mu(s)."""
+        env, rng = self.env, generator or self.rng
+        count, size = env.batch_size[0], batch.batch_size[0]
+        given = batch.select("x0", "prompt_embeds", "negative_prompt_embeds")[torch.arange(count) % size].detach()
+        step = torch.randint(env.config.num_inference_steps, (count,), generator=rng, device=env.device)
+        x0 = given["x0"]
+        noise = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+        given.update({"step": step, "latents": env.schedule.add_noise(x0, noise, env.schedule.timesteps[step])})
+        return self.actor(env.reset(given, set_state=True))
+
+    @torch.no_grad()
+    def collect(self, state: TensorDictBase, generator: torch.Generator | None = None) -> TensorDict:
+        """One replay entry per noised state: ``[B]`` with its K + 1 transitions on a second dimension.
+
+        Keys: ``"latents"``, ``"timestep"``, ``"x0"`` ``[B, ...]``; ``"prompt_embeds"`` ``[B, 1, D]`` (the mean over
+        tokens, all the critic reads); ``"action"`` ``[B, K+1, C, h, w]`` (index 0: mu(s)), ``"reward"`` ``[B, K+1]``,
+        ``("next", "latents" | "timestep" | "action" | "done")`` ``[B, K+1, ...]``.
+        """
+        state = state.detach()
+        actions = self.behaviour_actions(state, generator)
+        steps = []
+        for k in range(actions.shape[1]):
+            step = self.env.step(state.exclude("action").set("action", actions[:, k]))["next"]
+            reward = step["reward"].squeeze(-1)
+            if not torch.isfinite(reward).all():
+                raise FloatingPointError(
+                    f"The reward {type(self.env.reward_fn).__name__} returned non-finite values {reward.tolist()}; "
+                    "check the reward function (a critic cannot learn from NaN or inf)."
+                )
+            if self.config.bootstrap:
+                next_action = self.actor(step.select(*ACTOR_IN_KEYS).clone())["action"]
+            else:
+                next_action = torch.zeros_like(actions[:, k])
+            steps.append({"latents": step["latents"], "timestep": step["timestep"], "action": next_action,
+                          "done": step["done"].squeeze(-1), "reward": reward})
+        stacked = {key: torch.stack([s[key] for s in steps], dim=1) for key in steps[0]}
+        group = TensorDict(
+            latents=state["latents"],
+            timestep=state["timestep"],
+            x0=state["x0"],
+            prompt_embeds=state["prompt_embeds"].mean(dim=1, keepdim=True),
+            action=actions,
+            reward=stacked.pop("reward"),
+            batch_size=state.batch_size,
+        )
+        group["next"] = TensorDict(stacked, batch_size=[*state.batch_size, actions.shape[1]])
+        return group
+
+    # ----------------------------------------------------------- critic loss
+    @staticmethod
+    def rows(group: TensorDictBase) -> TensorDict:
+        """The group's ``[N, K+1]`` transitions as ``[N * (K+1)]`` critic rows (state repeated per action)."""
+        n, k1 = group["action"].shape[:2]
+
+        def repeat(value: Tensor) -> Tensor:
+            return value.unsqueeze(1).expand(n, k1, *value.shape[1:]).reshape(n * k1, *value.shape[1:])
+
+        rows = TensorDict(
+            latents=repeat(group["latents"]),
+            timestep=repeat(group["timestep"]),
+            x0=repeat(group["x0"]),
+            prompt_embeds=repeat(group["prompt_embeds"]),
+            action=group["action"].flatten(0, 1),
+            reward=group["reward"].flatten(0, 1),
+            batch_size=[n * k1],
+        )
+        following = group["next"].reshape(n * k1)
+        rows["next"] = following.update({"x0": rows["x0"], "prompt_embeds": rows["prompt_embeds"]})
+        return rows
+
+    def td_target(self, rows: TensorDictBase) -> Tensor:
+        """y = reward_scale * r + gamma * (1 - done) * Q_target(s', mu(s')) ``[N]`` (r only without bootstrap)."""
+        with torch.no_grad(), self._fp32():
+            reward = self.config.reward_scale * rows["reward"].float()
             if not self.config.bootstrap:
                 return reward
-            next_state = next_state.select(*ACTOR_IN_KEYS, "x0").detach()
-            next_action = self.actor(next_state)["action"]
-            next_q = self.q_value(self.target_critic_params, next_state, next_action)
-            not_done = (~transition["next", "done"].squeeze(-1)).to(next_q)
-            return reward + self.config.gamma * not_done * next_q
+            following = rows["next"]
+            next_q = self.q_value(self.target_critic_params, following, following["action"])
+            return reward + self.config.gamma * (~following["done"]).float() * next_q
+
+    def critic_fit(self, rows: TensorDictBase, update_statistics: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Q_norm(s, b) (with gradients), the normalised TD targets and the raw targets, each ``[N]``; with
+        ``update_statistics`` the critic's per-band statistics first move towards the targets (PopArt)."""
+        target = self.td_target(rows)
+        with torch.no_grad():
+            if update_statistics:
+                self._update_statistics(target, rows["timestep"])
+            with self.critic_params.to_module(self.critic, preserve_module_state=False):
+                target_norm = self.critic.normalize(target, rows["timestep"])
+        return self.q_normalized(rows, rows["action"]), target_norm, target
+
+    def _update_statistics(self, target: Tensor, timestep: Tensor) -> None:
+        """PopArt step on the critic, the same output rescaling on the target critic, whose statistics then equal the
+        critic's: both keep their outputs, and the soft update mixes heads expressed in the same units."""
+        with self.critic_params.to_module(self.critic, preserve_module_state=False):
+            rescaling = self.critic.update_statistics(target, timestep, self.config.normalization_rate)
+        with self.target_critic_params.to_module(self.critic, preserve_module_state=False):
+            self.critic.rescale_output(*rescaling)
+        for name in ("value_mean", "value_sq_mean", "value_count"):
+            self.target_critic_params[name].copy_(self.critic_params[name])
+
+    def critic_loss(self, group: TensorDictBase) -> TensorDict:
+        """``loss_critic`` on replay entries ``[N]`` (see the class docstring) and its metrics."""
+        n, k1 = group["action"].shape[:2]
+        rows = self.rows(group)
+        q_norm, target_norm, target = self.critic_fit(rows, update_statistics=True)
+        td = nn.functional.mse_loss(q_norm, target_norm)
+        q_pairs, y_pairs = q_norm.view(n, k1), target_norm.view(n, k1)
+        paired = nn.functional.mse_loss(q_pairs[:, 1:] - q_pairs[:, :1], y_pairs[:, 1:] - y_pairs[:, :1])
+        with torch.no_grad():
+            q_value = self.q_value(self.critic_params, rows, rows["action"])
+        return TensorDict(
+            {
+                "loss_critic": td + self.config.pair_weight * paired,
+                "q_value": metric(q_value),
+                "td_target": metric(target),
+                "td_error": metric((q_value - target).abs()),
+                "critic_r2": metric(r_squared(q_norm.detach(), target_norm)),
+            },
+            batch_size=[],
+        )
+
+    def auxiliary_loss(self) -> TensorDict:
+        """One more critic update's loss, on a fresh replay sample (the trainer steps the critic only)."""
+        return self.critic_loss(self.replay.sample())
 
     # --------------------------------------------------------------- forward
+    def current_lam(self) -> float:
+        """lambda after ``collected_batches`` actor steps: 0 during the warm-up, then a linear ramp to `lam`."""
+        done = int(self.collected_batches) - self.config.warmup_steps
+        if done < 0:
+            return 0.0
+        return self.config.lam * min(1.0, (done + 1) / max(self.config.lam_ramp_steps, 1))
+
     def forward(self, batch: TensorDictBase) -> TensorDict:
         self.check_batch(batch)
         state = self.actor(self.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"]))
         action = state["action"]
-        transition = self.transition(state.exclude("action").set("action", self.explore(action)))
-        target = self.td_target(transition)
+        group = self.collect(self.noised_states(batch))
+        with torch.no_grad():
+            fresh_r2 = r_squared(*self.critic_fit(self.rows(group), update_statistics=False)[:2])
+        self.replay.extend(group)
+        out = self.critic_loss(self.replay.sample()).to_dict()
 
-        q_pred = self.q_value(self.critic_params, transition, transition["action"])
-        loss_critic = nn.functional.mse_loss(q_pred, target)
-
-        q_actor = self.q_value(self.critic_params.detach(), transition, action)
+        lam = self.current_lam()
         eps_mse = self.eps_mse(state)
-        loss_actor = -self.config.lam * q_actor.mean() + self.config.eps_weight * eps_mse
-        out = {
-            "loss_critic": loss_critic,
-            "reward": metric(transition["next", "reward"]),
-            "q_value": metric(q_pred),
-            "td_target": metric(target),
-            "td_error": metric((q_pred - target).abs()),
-            "eps_mse": metric(eps_mse),
-        }
+        loss_actor = self.config.eps_weight * eps_mse
+        if lam > 0:
+            abar = self.env.schedule.abar(state["timestep"]).to(action)
+            weight = actor_weight(self.config.actor_weighting, state["timestep"], abar, self.config.gamma)
+            q_actor = self.q_value(self.critic_params.detach(), state, action)
+            loss_actor = loss_actor - lam * (weight * q_actor).mean()
+        self.collected_batches += 1
+        out.update(
+            reward=metric(group["reward"][:, 0]),
+            reward_explore=metric(group["reward"][:, 1:]),
+            critic_r2_fresh=metric(fresh_r2),
+            lam=torch.tensor(lam),
+            eps_mse=metric(eps_mse),
+        )
         prior_mse = self.prior_mse(batch)
         if prior_mse is not None:
             loss_actor = loss_actor + self.config.prior_weight * prior_mse
             out["prior_mse"] = metric(prior_mse)
         out["loss_actor"] = loss_actor
         return TensorDict(out, batch_size=[])
+
+    # ----------------------------------------------------------- checkpoint
+    def collection_state(self) -> dict:
+        """The replay buffer's contents and cursor (the trainer checkpoints it; resuming restores it)."""
+        return {"replay": self.replay.state_dict()}
+
+    def load_collection_state(self, state: dict) -> None:
+        self.replay.load_state_dict(state["replay"])
+
+
+def r_squared(prediction: Tensor, target: Tensor) -> Tensor:
+    """1 - SSE / SST of ``prediction`` ``[N]`` against ``target`` ``[N]`` (0-d). On band-normalised values (see
+    `QCritic`) this is close to the mean within-band R^2: the band means are already removed."""
+    residual = (prediction - target).pow(2).sum()
+    total = (target - target.mean()).pow(2).sum()
+    return 1 - residual / total

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from diffrl.envs import DenoisingConfig, DenoisingEnv
 from diffrl.models import SDComponents
 from diffrl.training.config import TrainConfig
+from diffrl.training.data import derive_seed
 
 
 @dataclass
@@ -63,16 +64,29 @@ def build_loss(config: TrainConfig, context: TrainingContext) -> nn.Module:
         actor = UNetActor(components.unet, guidance_scale=config.guidance_scale)
         backprop = objectives.RewardBackpropConfig(prior_weight=prior_weight)
         return objectives.RewardBackpropLoss(sampling, actor, backprop, reference_env=reference, text_encoder=text_encoder)
-    critic = QCritic(reference.latent_shape, components.text_encoder.config.hidden_size, lookforward_features=True)
-    dpg = objectives.DPGConfig(
-        gamma=config.gamma, lam=config.lam, bootstrap=config.method == "dpg", prior_weight=prior_weight, reward_scale=config.reward_scale
-    )
+    # the critic reads the action through x0_hat; rewards comparing x0_hat with x0 also need x0 and the error
+    inputs = ("x0_hat", "x0", "lookforward_error") if config.rewards.get("lookforward", 0) else ("x0_hat",)
+    critic = QCritic(reference.latent_shape, components.text_encoder.config.hidden_size, inputs=inputs)
+    # the critic's transitions: a batch of their own, stepped by an env whose generator the actor's noising never sees
+    transitions = _env(config, context, DenoisingConfig(num_inference_steps=config.num_inference_steps, mode="reference"),
+                       reward, batch_size=config.critic_states, seed=derive_seed(context.seed, 1))
     actor = UNetActor(components.unet, guidance_scale=1.0)
-    return objectives.DPGLoss(reference, actor, critic.to(components.device), dpg, text_encoder=text_encoder)
+    return objectives.DPGLoss(
+        transitions, actor, critic.to(components.device), config.dpg_config(prior_weight), reference_env=reference,
+        text_encoder=text_encoder, seed=derive_seed(context.seed, 2),
+    )
 
 
-def _env(config: TrainConfig, context: TrainingContext, settings: DenoisingConfig, reward: nn.Module | None) -> DenoisingEnv:
+def _env(
+    config: TrainConfig,
+    context: TrainingContext,
+    settings: DenoisingConfig,
+    reward: nn.Module | None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+) -> DenoisingEnv:
     settings.height = settings.width = config.resolution
     return DenoisingEnv(
-        context.components, config.instance_prompt, batch_size=config.batch_size, config=settings, reward=reward, seed=context.seed
+        context.components, config.instance_prompt, batch_size=batch_size or config.batch_size, config=settings,
+        reward=reward, seed=context.seed if seed is None else seed,
     )

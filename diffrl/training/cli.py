@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from diffrl.objectives.dpg import EXPLORATION_SPACES
+from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
 from diffrl.training.config import METHODS, MIXED_PRECISION, TrainConfig
 
 EPILOG = """\
@@ -52,6 +54,14 @@ def json_object(value: str) -> dict:
     return parsed
 
 
+CRITIC_FIELDS = (
+    "exploration_std", "exploration_space", "exploration_actions", "critic_states", "critic_updates",
+    "critic_batch_size", "replay_size", "warmup_steps", "lam_ramp_steps", "actor_weighting", "pair_weight", "tau",
+    "reward_scale", "diagnose_every",
+)
+"""`TrainConfig` fields of DPG's critic learning, each a flag with the field's default."""
+
+
 def field_name(flag: str) -> str:
     """argparse type: ``lr-actor`` or ``lr_actor`` -> the `TrainConfig` field ``lr_actor``."""
     return flag.removeprefix("--").replace("-", "_")
@@ -77,10 +87,17 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     method.add_argument("--dino-arch", default="vit_small_patch16_224.dino", help="timm name (default: %(default)s)")
     method.add_argument("--dino-kwargs", type=json_object, metavar="JSON",
                         help="timm.create_model kwargs of the DINO (e.g. a small ViT's img_size), JSON text or file")
-    method.add_argument("--gamma", type=float, default=0.9986)
-    method.add_argument("--lam", type=float, default=1.0, help="weight of -Q in DPG's actor loss")
+    method.add_argument("--gamma", type=float, default=TrainConfig.gamma, help="DPG's discount (default: %(default)s)")
+    method.add_argument("--lam", type=float, default=TrainConfig.lam, help="weight of -Q in DPG's actor loss")
     method.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning (default: %(default)s)")
     method.add_argument("--train-text-encoder", action="store_true")
+
+    critic = parser.add_argument_group("critic (DPG; see diffrl.objectives.DPGConfig)")
+    for name in CRITIC_FIELDS:
+        default = getattr(TrainConfig, name)
+        choices = {"exploration_space": EXPLORATION_SPACES, "actor_weighting": ACTOR_WEIGHTINGS}.get(name)
+        critic.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, choices=choices,
+                            help="default: %(default)s")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr-actor", type=float, default=5e-6)
@@ -119,6 +136,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         resume=args.resume,
     )
     fields.update(dino_kwargs=args.dino_kwargs or {}, overwrite=args.overwrite, allow_changed=tuple(args.allow_changed))
+    fields.update({name: getattr(args, name) for name in CRITIC_FIELDS})
     return TrainConfig(**{**fields, **overrides})
 
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffrl.objectives.dpg import EXPLORATION_SPACES, DPGConfig
+from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
+
 METHODS = ("dpg", "one_step", "dreambooth", "reward_backprop")
 REWARDS = ("lookforward", "dino")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -36,6 +39,11 @@ class TrainConfig:
         dino_weights, dino_arch, dino_kwargs: the DINO encoder of the "dino" reward (timm name, weights file, kwargs).
         reward_scale: multiplies the reward in DPG's critic target.
         gamma, lam: DPG's discount and the weight of -Q(s, mu(s)) in its actor loss.
+        exploration_std, exploration_space, exploration_actions, critic_updates, critic_batch_size, replay_size,
+        warmup_steps, lam_ramp_steps, actor_weighting, pair_weight, tau: DPG's critic learning (`DPGConfig`).
+        critic_states: noised states collected for the critic per actor step (each with exploration_actions + 1
+            transitions).
+        diagnose_every: log the critic diagnostics (`diffrl.objectives.critic_diagnostics`) every N steps (0: never).
         num_inference_steps: length of the training schedule of the loss's `DenoisingEnv`.
         lr_actor, lr_critic, lr_warmup_steps: AdamW learning rates and linear warm-up.
         batch_size: instance images per process per step.
@@ -68,9 +76,22 @@ class TrainConfig:
     dino_weights: str | None = None
     dino_arch: str = "vit_small_patch16_224.dino"
     dino_kwargs: dict[str, Any] = field(default_factory=dict)
-    reward_scale: float = 1.0
-    gamma: float = 0.9986
-    lam: float = 1.0
+    reward_scale: float = DPGConfig.reward_scale
+    gamma: float = DPGConfig.gamma
+    lam: float = DPGConfig.lam
+    exploration_std: float = DPGConfig.exploration_std
+    exploration_space: str = DPGConfig.exploration_space
+    exploration_actions: int = DPGConfig.exploration_actions
+    critic_states: int = 16
+    critic_updates: int = DPGConfig.critic_updates
+    critic_batch_size: int = DPGConfig.critic_batch_size
+    replay_size: int = DPGConfig.replay_size
+    warmup_steps: int = DPGConfig.warmup_steps
+    lam_ramp_steps: int = DPGConfig.lam_ramp_steps
+    actor_weighting: str = DPGConfig.actor_weighting
+    pair_weight: float = DPGConfig.pair_weight
+    tau: float = DPGConfig.tau
+    diagnose_every: int = 50
     num_inference_steps: int = 999  # the longest schedule SD's steps_offset=1 allows: t-1 chains over t = 999..1
     lr_actor: float = 5e-6
     lr_critic: float = 1e-4
@@ -104,13 +125,23 @@ class TrainConfig:
         _choice("method", self.method, METHODS)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("nonfinite", self.nonfinite, NONFINITE)
+        _choice("exploration_space", self.exploration_space, EXPLORATION_SPACES)
+        _choice("actor_weighting", self.actor_weighting, ACTOR_WEIGHTINGS)
         for name in ("pretrained", "instance_dir", "instance_prompt", "output_dir"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must not be empty.")
         for name in ("lr_actor", "lr_critic", "batch_size", "max_steps", "num_inference_steps", "sample_steps", "log_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
-        for name in ("num_class_images", "lora_rank", "checkpoint_every", "sample_every", "lr_warmup_steps", "prior_weight"):
+        for name in ("exploration_actions", "critic_states", "critic_updates", "critic_batch_size", "replay_size"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
+        if self.critic_batch_size > self.replay_size:
+            raise ConfigError(f"critic_batch_size ({self.critic_batch_size}) must not exceed replay_size ({self.replay_size}).")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"tau (the target critic's update rate) must be in (0, 1], got {self.tau!r}.")
+        for name in ("num_class_images", "lora_rank", "checkpoint_every", "sample_every", "lr_warmup_steps", "prior_weight",
+                     "exploration_std", "warmup_steps", "lam_ramp_steps", "pair_weight", "diagnose_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}.")
         if not 0.0 <= self.gamma <= 1.0:
@@ -162,6 +193,17 @@ class TrainConfig:
                               "'lr_actor' (CLI: --allow-changed lr_actor).")
         if self.overwrite and self.resume:
             raise ConfigError(f"overwrite and resume={self.resume!r} exclude each other (overwrite starts over).")
+
+    def dpg_config(self, prior_weight: float) -> DPGConfig:
+        """The `DPGConfig` of this run (methods "dpg" and "one_step")."""
+        return DPGConfig(
+            gamma=self.gamma, lam=self.lam, bootstrap=self.method == "dpg", prior_weight=prior_weight,
+            reward_scale=self.reward_scale, exploration_std=self.exploration_std,
+            exploration_space=self.exploration_space, exploration_actions=self.exploration_actions,
+            replay_size=self.replay_size, critic_batch_size=self.critic_batch_size, critic_updates=self.critic_updates,
+            warmup_steps=self.warmup_steps, lam_ramp_steps=self.lam_ramp_steps, actor_weighting=self.actor_weighting,
+            pair_weight=self.pair_weight, tau=self.tau,
+        )
 
     @property
     def uses_rewards(self) -> bool:

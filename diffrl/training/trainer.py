@@ -223,7 +223,38 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if getattr(self.loss, "target_updater", None) is not None:
             self.loss.target_updater.step()
+        for _ in range(getattr(self.loss, "auxiliary_updates", 0)):
+            self._auxiliary_step()
         return logs
+
+    def _auxiliary_step(self) -> None:
+        """One critic-only update (`DPGLoss.auxiliary_loss`): the actor's gradients stay None, so AdamW leaves the
+        actor (and its moments) untouched; the learning-rate schedule counts actor steps and does not advance."""
+        with self.accelerator.autocast():
+            out = self.loss.auxiliary_loss()
+        loss_critic = out["loss_critic"]
+        if not math.isfinite(self._mean_over_processes({"loss_critic": loss_critic.detach().float()})["loss_critic"]):
+            if self._handle_nonfinite({"loss_critic": loss_critic}, {"loss_critic": float("nan")}):
+                return
+        self.accelerator.backward(loss_critic)
+        self._average_gradients(self.critic_params)
+        if self.config.grad_clip is not None:
+            self.accelerator.unscale_gradients(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.critic_params, self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss.target_updater.step()
+
+    def diagnose(self) -> dict[str, float]:
+        """Critic diagnostics (`diffrl.objectives.critic_diagnostics.diagnose`) on this step's batch, from a
+        generator of their own (the run's streams are untouched); empty for losses without a critic."""
+        from diffrl.objectives import DPGLoss
+        from diffrl.objectives.critic_diagnostics import diagnose
+
+        if not isinstance(self.loss, DPGLoss):
+            return {}
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(derive_seed(self.config.seed, self.step, 3))
+        return {f"critic/{key}": value for key, value in diagnose(self.loss, self.batch(self.step), generator).items()}
 
     def _handle_nonfinite(self, terms: dict[str, Tensor], logs: dict[str, float]) -> bool:
         """Raise, or warn and report that the step is skipped (True)."""
@@ -244,11 +275,11 @@ class Trainer:
             stacked = self.accelerator.reduce(stacked, reduction="mean")
         return dict(zip(values, stacked.tolist()))
 
-    def _average_gradients(self) -> None:
-        """All-reduce (mean) the gradients of every trained parameter across processes."""
+    def _average_gradients(self, params: list[nn.Parameter] | None = None) -> None:
+        """All-reduce (mean) the gradients of ``params`` (default: every trained parameter) across processes."""
         if self.world == 1:
             return
-        for param in [*self.actor_params, *self.critic_params]:
+        for param in [*self.actor_params, *self.critic_params] if params is None else params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             torch.distributed.all_reduce(param.grad)
@@ -262,6 +293,8 @@ class Trainer:
         bar = tqdm(total=config.max_steps, initial=self.step, disable=not self.accelerator.is_main_process, desc="personalize")
         while self.step < config.max_steps:
             logs = self.train_step()
+            if config.diagnose_every and self.step % config.diagnose_every == 0:
+                logs.update(self.diagnose())
             self.step += 1
             self.history.append({"step": float(self.step), **logs})
             self.run_dir.record(self.history[-1])
@@ -332,6 +365,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": {"ranks": rng},
         }
+        if hasattr(self.loss, "collection_state"):  # e.g. DPG's replay buffer, one per process
+            collected = self.loss.collection_state()
+            states["collection"] = {"ranks": gather_object([collected]) if self.world > 1 else [collected]}
         images_seen = self.step * self.config.batch_size * self.world
         meta = {"world_size": self.world, "data_position": {"step": self.step, "images_seen": images_seen}, "config": self.config.to_json()}
         return Checkpoint(step=self.step, tensors=tensors, states=states, meta=meta)
@@ -370,6 +406,10 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint.states["scheduler"])
         set_base_learning_rates(self.scheduler, learning_rates)
         restore_rng(checkpoint.states["rng"]["ranks"][self.rank], self.generators)
+        if hasattr(self.loss, "load_collection_state"):
+            if "collection" not in checkpoint.states:
+                raise ValueError(f"Checkpoint '{path}' has no replay buffer for {type(self.loss).__name__}; was the method changed?")
+            self.loss.load_collection_state(checkpoint.states["collection"]["ranks"][self.rank])
         self.step = checkpoint.step
         self.last_checkpoint = Path(path)
 

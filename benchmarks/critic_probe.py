@@ -1,0 +1,180 @@
+"""Does DPG's critic learn? Train DPG on the emoji zoo with the DINO reward at the library's defaults, then score its
+critic on held-out transitions per timestep band.
+
+    python benchmarks/critic_probe.py --json runs/critic_probe.json          # the acceptance run (zoo, poodle)
+    python benchmarks/critic_probe.py --tiny --steps 4 --json /tmp/probe.json  # tiny RANDOM models: a smoke run
+
+The run is `diffrl.training.Trainer` with ``method="dpg"``, ``rewards={"dino": 1}`` and every critic setting at its
+default (`diffrl.objectives.DPGConfig`); only the steps, the actor's learning rate (the paper table's) and the subject
+are set here. After training, ``--heldout-states`` new noised states of the subject's images (a generator of their own,
+uniform over the schedule) are collected with the final policy, and for each timestep band of the critic:
+
+- ``r2``: R^2 of Q against the TD targets on those transitions (`critic_diagnostics.band_r2`), in the band's units;
+- ``grad_cosine``: median over states of cos(d Q / d a, d r / d a) at a = mu(s), r the exact DINO reward;
+- ``lookforward_cosine``: the same cosine for -||x0_hat - x0||^2 in place of Q (what the authors' critic reduces to),
+  a reference point that needs no learning.
+
+The JSON's headline ``grad_cosine`` and ``r2`` are medians over the bands in [300, 900) (acceptance: both >= 0.5),
+next to ``actor_grad_ratio`` (||d lam w Q / d theta|| / ||d eps-MSE / d theta||), the per-band figures, the budget and
+the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from diffrl.io import atomic_write_text  # noqa: E402
+from diffrl.objectives import critic_diagnostics  # noqa: E402
+from diffrl.rewards import look_forward  # noqa: E402
+from diffrl.training import TrainConfig  # noqa: E402
+from diffrl.training.trainer import Trainer  # noqa: E402
+
+HEADLINE_BANDS = range(3, 9)  # t in [300, 900) with the critic's 10 bands of 100 timesteps
+
+
+@dataclass
+class ProbeConfig:
+    """Attributes:
+    json: where to write the result.
+    subject: zoo subject.
+    steps: DPG actor steps before the probe.
+    lr_actor: the actor's learning rate (the paper table's).
+    heldout_states: noised states collected for the held-out scores.
+    seed: training seed (the held-out states use another).
+    threads: torch threads.
+    tiny: tiny random models instead of the zoo (a smoke run; meaningless numbers).
+    """
+
+    json: Path
+    subject: str = "poodle"
+    steps: int = 200
+    lr_actor: float = 1e-4
+    heldout_states: int = 512
+    seed: int = 0
+    threads: int = 2
+    tiny: bool = False
+
+
+def train_config(probe: ProbeConfig, output_dir: Path) -> TrainConfig:
+    """The DPG run: zoo (or tiny) models, the DINO reward, the library's critic defaults."""
+    if probe.tiny:
+        from diffrl.models.tiny import build_tiny_dino, build_tiny_sd
+        from diffrl.zoo.registry import SUBJECTS_ROOT
+
+        dino, kwargs = build_tiny_dino(output_dir / "tiny" / "dino.safetensors")
+        models = dict(pretrained=str(build_tiny_sd(output_dir / "tiny" / "sd")), dino_weights=str(dino),
+                      dino_kwargs=kwargs, instance_dir=str(SUBJECTS_ROOT / probe.subject))
+    else:
+        from diffrl.zoo.registry import SUBJECTS_ROOT, load
+
+        zoo = load("emoji")
+        models = dict(pretrained=str(zoo.sd), dino_weights=str(zoo.dino.file), dino_arch=zoo.dino.model_name,
+                      dino_kwargs={k: v for k, v in zoo.dino.kwargs.items() if k != "num_classes"},
+                      instance_dir=str(SUBJECTS_ROOT / probe.subject))
+    from diffrl.zoo import SUBJECTS
+
+    noun = next(glyph.noun for glyph in SUBJECTS if glyph.name == probe.subject)
+    return TrainConfig(
+        **models, instance_prompt=f"a sks {noun}", output_dir=str(output_dir / "run"), method="dpg",
+        rewards={"dino": 1.0}, max_steps=probe.steps, lr_actor=probe.lr_actor, seed=probe.seed, diagnose_every=0,
+    )
+
+
+def heldout(trainer: Trainer, probe: ProbeConfig) -> dict:
+    """Per-band R^2, gradient cosines (critic and look-forward) and the actor-gradient ratio on new states."""
+    loss = trainer.loss
+    generator = torch.Generator(device=trainer.accelerator.device).manual_seed(probe.seed + 10_000)
+    per_band: dict[int, dict[str, list[float]]] = {}
+    ratios = []
+    rounds = -(-probe.heldout_states // loss.env.batch_size[0])
+    for index in range(rounds):
+        batch = trainer.batch(index)
+        state = loss.noised_states(batch, generator)
+        for band, value in critic_diagnostics.band_r2(loss, loss.collect(state, generator)).items():
+            per_band.setdefault(band, {}).setdefault("r2_rounds", []).append(value)
+        grad_q, grad_r = critic_diagnostics.action_gradients(loss, state)
+        action = state["action"].detach().clone().requires_grad_(True)
+        abar = loss.env.schedule.abar(state["timestep"])
+        error = -(look_forward(state["latents"], action, abar) - state["x0"]).pow(2).sum()
+        (grad_lookforward,) = torch.autograd.grad(error, action)
+        cosine = torch.nn.functional.cosine_similarity
+        critic_cos = cosine(grad_q.flatten(1), grad_r.flatten(1), dim=1)
+        lookforward_cos = cosine(grad_lookforward.flatten(1), grad_r.flatten(1), dim=1)
+        for i, band in enumerate(loss.critic.band(state["timestep"]).tolist()):
+            per_band.setdefault(band, {}).setdefault("grad_cosine", []).append(float(critic_cos[i]))
+            per_band[band].setdefault("lookforward_cosine", []).append(float(lookforward_cos[i]))
+        if index < 4:
+            ratios.append(critic_diagnostics.actor_gradient_ratio(loss, state))
+    bands = {
+        band: {"r2": statistics.fmean(v.get("r2_rounds", [float("nan")])),
+               "grad_cosine": statistics.median(v["grad_cosine"]),
+               "lookforward_cosine": statistics.median(v["lookforward_cosine"]), "states": len(v["grad_cosine"])}
+        for band, v in sorted(per_band.items())
+    }
+    headline = [bands[b] for b in HEADLINE_BANDS if b in bands]
+    return {
+        "grad_cosine": statistics.median(b["grad_cosine"] for b in headline),
+        "r2": statistics.median(b["r2"] for b in headline),
+        "lookforward_cosine": statistics.median(b["lookforward_cosine"] for b in headline),
+        "actor_grad_ratio": statistics.median(ratios),
+        "bands": bands,
+    }
+
+
+def run(probe: ProbeConfig) -> dict:
+    torch.set_num_threads(probe.threads)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="critic-probe-") as tmp:
+        config = train_config(probe, Path(tmp))
+        trainer = Trainer(config)
+        history = []
+        while trainer.step < config.max_steps:
+            history.append(trainer.train_step())
+            trainer.step += 1
+        trained = time.perf_counter() - start
+        result = heldout(trainer, probe)
+        trainer.run_dir.release()
+    result.update(
+        passed=bool(result["grad_cosine"] >= 0.5 and result["r2"] >= 0.5),
+        train_s=round(trained, 1),
+        wall_s=round(time.perf_counter() - start, 1),
+        final_train_logs={k: v for k, v in history[-1].items()},
+        probe=json.loads(json.dumps(asdict(probe), default=str)),
+        dpg=asdict(config.dpg_config(prior_weight=0.0)),
+        critic_states=config.critic_states,
+    )
+    atomic_write_text(probe.json, json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("grad_cosine", "r2", "lookforward_cosine", "actor_grad_ratio", "passed",
+                                             "train_s", "wall_s")}, indent=2))
+    for band, scores in result["bands"].items():
+        print(f"band {band}: t in [{band * 100}, {band * 100 + 100}): r2 {scores['r2']:+.3f}  grad_cosine "
+              f"{scores['grad_cosine']:+.3f}  lookforward_cosine {scores['lookforward_cosine']:+.3f}  "
+              f"({scores['states']} states)")
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> ProbeConfig:
+    defaults = ProbeConfig(json=Path("runs/critic_probe.json"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in asdict(defaults).items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(value), default=value, help=f"default: {value}")
+    return ProbeConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    run(parse_args())

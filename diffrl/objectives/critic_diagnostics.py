@@ -1,0 +1,95 @@
+"""Does the critic of `DPGLoss` carry signal? Held-out R^2 per timestep band, action-gradient alignment with a
+differentiable reward, and the size of the critic's pull on the U-Net against the eps-MSE's.
+
+Every function draws its states from a generator passed in, never from the loss's or the envs' own streams: running
+a diagnosis does not change the training run it observes.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+
+from diffrl.objectives.dpg import DPGLoss
+from diffrl.objectives.weighting import actor_weight
+from diffrl.rewards import RewardInputs
+
+
+def band_r2(loss: DPGLoss, group: TensorDictBase) -> dict[int, float]:
+    """R^2 of the critic on collected transitions ``group`` (from `DPGLoss.collect`, not trained on), per timestep
+    band of the critic (`QCritic.band`), in the band's normalised units: 1 - SSE / SST within the band, with the TD
+    targets of the current target critic. Bands with fewer than 2 transitions are left out."""
+    rows = loss.rows(group)
+    with torch.no_grad():
+        q_norm, target_norm, _ = loss.critic_fit(rows, update_statistics=False)
+    bands = loss.critic.band(rows["timestep"])
+    scores = {}
+    for band in bands.unique().tolist():
+        chosen = bands == band
+        if chosen.sum() < 2:
+            continue
+        target = target_norm[chosen]
+        total = (target - target.mean()).pow(2).sum()
+        scores[int(band)] = float(1 - (q_norm[chosen] - target).pow(2).sum() / total)
+    return scores
+
+
+def action_gradients(loss: DPGLoss, state: TensorDictBase) -> tuple[Tensor, Tensor]:
+    """d Q(s, a) / d a and d r(s, a) / d a at the policy's action a = mu(s), each ``[M, C, h, w]``.
+
+    ``state`` holds noised states with ``"action"`` (e.g. `DPGLoss.noised_states`); the env's reward must be
+    differentiable."""
+    reward = loss.env.reward_fn
+    if not getattr(reward, "differentiable", False):
+        raise ValueError(f"The reward {type(reward).__name__} is not differentiable: there is no d r / d a to compare.")
+    state = state.detach()
+    action = state["action"].clone().requires_grad_(True)
+    q = loss.q_value(loss.critic_params.detach(), state, action)
+    (grad_q,) = torch.autograd.grad(q.sum(), action)
+    action = state["action"].clone().requires_grad_(True)
+    timestep = state["timestep"]
+    inputs = RewardInputs(
+        latents=state["latents"], timesteps=timestep, action=action, alphas_cumprod=loss.env.schedule.abar(timestep),
+        x0=state["x0"], prompts=loss.env.prompts, decode=loss.env.decode,
+    )
+    (grad_r,) = torch.autograd.grad(reward(inputs).sum(), action)
+    return grad_q, grad_r
+
+
+def gradient_cosine(loss: DPGLoss, state: TensorDictBase) -> Tensor:
+    """cos(d Q / d a, d r / d a) per state ``[M]`` at a = mu(s) (see `action_gradients`)."""
+    grad_q, grad_r = action_gradients(loss, state)
+    return torch.nn.functional.cosine_similarity(grad_q.flatten(1), grad_r.flatten(1), dim=1)
+
+
+def actor_gradient_ratio(loss: DPGLoss, state: TensorDictBase) -> float:
+    """||d (lam * mean w(t) Q(s, mu(s))) / d theta|| / ||d eps-MSE / d theta|| over the actor's parameters theta,
+    with the configured lambda (not the warm-up's): how hard the critic pulls on the U-Net against DreamBooth's term.
+    ``state``: noised states with ``"x0"`` (their ``"action"`` is recomputed with gradients)."""
+    params = loss.actor_parameters()
+    state = loss.actor(state.exclude("action").detach())
+    action, timestep = state["action"], state["timestep"]
+    weight = actor_weight(loss.config.actor_weighting, timestep, loss.env.schedule.abar(timestep).to(action),
+                          loss.config.gamma)
+    q_term = loss.config.lam * (weight * loss.q_value(loss.critic_params.detach(), state, action)).mean()
+    grads_q = torch.autograd.grad(q_term, params, retain_graph=True, allow_unused=True)
+    grads_mse = torch.autograd.grad(loss.eps_mse(state), params, allow_unused=True)
+
+    def norm(grads: tuple[Tensor | None, ...]) -> Tensor:
+        return torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None))
+
+    return float(norm(grads_q) / norm(grads_mse))
+
+
+def diagnose(loss: DPGLoss, batch: TensorDictBase, generator: torch.Generator) -> dict[str, float]:
+    """The diagnostics of one batch, for logging: ``"critic_r2_heldout"`` (mean over bands of `band_r2` on freshly
+    collected transitions), ``"grad_cosine"`` (mean of `gradient_cosine`, differentiable rewards only) and
+    ``"actor_grad_ratio"`` (`actor_gradient_ratio`). States and exploration noise come from ``generator``."""
+    state = loss.noised_states(batch, generator)
+    scores = band_r2(loss, loss.collect(state, generator))
+    out = {"critic_r2_heldout": sum(scores.values()) / max(len(scores), 1)}
+    if getattr(loss.env.reward_fn, "differentiable", False):
+        out["grad_cosine"] = float(gradient_cosine(loss, state).mean())
+    out["actor_grad_ratio"] = actor_gradient_ratio(loss, state)
+    return out
