@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from diffrl.envs import DenoisingConfig, DenoisingEnv
 from diffrl.models import SDComponents
-from diffrl.training.config import TrainConfig
+from diffrl.training.config import METHODS, TrainConfig
 
 
 @dataclass
@@ -63,6 +63,16 @@ def build_loss(config: TrainConfig, context: TrainingContext) -> nn.Module:
         actor = UNetActor(components.unet, guidance_scale=config.guidance_scale)
         backprop = objectives.RewardBackpropConfig(prior_weight=prior_weight)
         return objectives.RewardBackpropLoss(sampling, actor, backprop, reference_env=reference, text_encoder=text_encoder)
+    if config.method == "direct_reward":
+        actor = UNetActor(components.unet, guidance_scale=1.0)
+        direct = objectives.DirectRewardConfig(
+            lam=config.lam, actor_weighting=config.actor_weighting, gamma=config.gamma, prior_weight=prior_weight
+        )
+        return objectives.DirectRewardLoss(reference, actor, direct, text_encoder=text_encoder)
+    if config.method not in ("dpg", "one_step"):
+        raise ValueError(
+            f"build_loss has no loss for method {config.method!r}; pick one of {list(METHODS)} or add its branch here."
+        )
     critic = QCritic(reference.latent_shape, components.text_encoder.config.hidden_size, lookforward_features=True)
     dpg = objectives.DPGConfig(
         gamma=config.gamma, lam=config.lam, bootstrap=config.method == "dpg", prior_weight=prior_weight, reward_scale=config.reward_scale

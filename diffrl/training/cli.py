@@ -53,7 +53,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     method.add_argument("--dino-weights", type=Path, help="DINO weights file (.safetensors/.pth)")
     method.add_argument("--dino-arch", default="vit_small_patch16_224.dino", help="timm name (default: %(default)s)")
     method.add_argument("--gamma", type=float, default=0.9986)
-    method.add_argument("--lam", type=float, default=1.0, help="weight of -Q in DPG's actor loss")
+    method.add_argument("--lam", type=float, default=1.0, help="weight of the actor term: -Q (DPG), -w(t) r (direct_reward)")
+    method.add_argument(
+        "--actor-weighting", default=TrainConfig.actor_weighting,
+        help="w(t) of the actor term: none, gamma_t or snr, see diffrl.objectives.actor_weight (default: %(default)s)",
+    )
     method.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning (default: %(default)s)")
     method.add_argument("--train-text-encoder", action="store_true")
 
@@ -82,6 +86,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         num_class_images=args.num_class_images, prior_weight=args.prior_weight, identifier=args.identifier,
         resolution=args.resolution, method=args.method, rewards=args.rewards,
         dino_weights=args.dino_weights and str(args.dino_weights), dino_arch=args.dino_arch, gamma=args.gamma, lam=args.lam,
+        actor_weighting=args.actor_weighting,
         lora_rank=args.lora_rank, train_text_encoder=args.train_text_encoder, lr_actor=args.lr_actor, lr_critic=args.lr_critic,
         batch_size=args.batch_size, max_steps=args.max_steps, grad_clip=args.grad_clip, mixed_precision=args.mixed_precision,
         nonfinite=args.nonfinite, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
