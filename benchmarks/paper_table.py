@@ -325,7 +325,8 @@ def paired_markdown(rows: dict) -> list[str]:
         "| --- " * (2 + len(METRICS) * len(references)) + "|",
     ]
     for method, by_reference in paired.items():
-        counts = " / ".join(str(by_reference[ref][METRICS[0]]["n"]) if ref in by_reference else "-" for ref in references)
+        counts = " / ".join(str(by_reference[ref][METRICS[0]]["n"]) if ref in by_reference else "-"
+                            for ref in references)
         cells = [format_paired(by_reference[ref][m]) if ref in by_reference else ""
                  for m in METRICS for ref in references]
         lines.append(f"| {method} | {counts} | " + " | ".join(cells) + " |")

@@ -430,7 +430,7 @@ def test_direct_reward_with_lambda_zero_is_dreambooth_bit_for_bit(components, di
 
 
 @pytest.mark.parametrize(("reward_name", "weighting"), [("dino", "gamma_t"), ("lookforward", "snr")])
-def test_direct_reward_gradient_is_dreambooth_plus_the_weighted_reward_gradient(components, dino, reward_name, weighting):
+def test_direct_reward_gradient_is_dreambooth_plus_the_weighted_reward(components, dino, reward_name, weighting):
     """grad loss_actor(lam) = grad DreamBooth - lam * grad mean_b w(t_b) r(s_b, mu(s_b)), the last term by hand:
     the U-Net's eps_hat, x0_hat, the VAE decode and the reward written out, and w(t) from its formula."""
     references = torch.rand(2, 3, 16, 16)

@@ -80,7 +80,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_sd_path: Path, instance_di
     assert len(list((tmp_path / "cls").glob("*.png"))) == 2
 
 
-def test_direct_reward_with_lam_zero_trains_like_dreambooth(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+def test_direct_reward_with_lam_zero_trains_like_dreambooth(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path):
     """Paired randomness through the trainer: the same seed, images, t and eps; lam = 0 leaves DreamBooth's U-Net."""
     common = dict(max_steps=2, batch_size=2, rewards={"lookforward": 1.0})
     dreambooth = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "db", method="dreambooth", **common))

@@ -53,7 +53,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     method.add_argument("--dino-weights", type=Path, help="DINO weights file (.safetensors/.pth)")
     method.add_argument("--dino-arch", default="vit_small_patch16_224.dino", help="timm name (default: %(default)s)")
     method.add_argument("--gamma", type=float, default=0.9986)
-    method.add_argument("--lam", type=float, default=1.0, help="weight of the actor term: -Q (DPG), -w(t) r (direct_reward)")
+    method.add_argument(
+        "--lam", type=float, default=TrainConfig.lam, help="weight of the actor term: -Q (dpg), -w(t) r (direct_reward)"
+    )
     method.add_argument(
         "--actor-weighting", default=TrainConfig.actor_weighting,
         help="w(t) of the actor term: none, gamma_t or snr, see diffrl.objectives.actor_weight (default: %(default)s)",
