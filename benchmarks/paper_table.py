@@ -1,10 +1,14 @@
 """The DreamBench table of the DPG paper on the embedded emoji zoo: every method, several seeds, one budget.
 
 Personalises the zoo's Stable-Diffusion-format model on each subject with DreamBooth, DPG + DINO, DPG + look-forward,
-the one-step regressor (DPG without bootstrapping, look-forward + DINO rewards) and direct reward backprop (DINO),
-all with the same steps, learning rate and seeds; scores every model with the DreamBench protocol
-(`diffrl.evaluation.evaluate`) with the zoo's DINO (the training reward's encoder), its CLIP and the held-out DINO
-(another seed, seen by no reward); then writes ``table.md``, ``table.json`` and ``table.png`` to ``--out``.
+the one-step regressor (DPG without bootstrapping, look-forward + DINO rewards), direct reward backprop (DINO) and
+three controls: DPG + DINO with lambda = 0 (the critic trained, not used), DreamBooth + the exact differentiable DINO
+reward of the look-forward (no critic: the ceiling of what a perfect critic could add) and DreamBooth + the exact
+look-forward reward -||x0_hat - x0||^2 (what the authors' released critic reduces to); all with the same steps,
+learning rate and seeds. Scores every model with the DreamBench protocol (`diffrl.evaluation.evaluate`) with the zoo's
+DINO (the training reward's encoder), its CLIP and the held-out DINO (another seed, seen by no reward); then writes
+``table.md``, ``table.json`` and ``table.png`` to ``--out``: mean ± std over seeds, the change vs DreamBooth, and the
+paired per-seed differences vs DreamBooth and vs DPG with lambda = 0 (mean ± standard error over seeds).
 
     python benchmarks/paper_table.py --quick --out runs/paper_quick      # a few-minute smoke configuration
     python benchmarks/paper_table.py --out runs/paper_table              # the default (full) configuration
@@ -33,21 +37,29 @@ import torch  # noqa: E402
 
 from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, evaluate, load_dreambench  # noqa: E402
 from diffrl.io import atomic_write, atomic_write_text  # noqa: E402
+from diffrl.objectives.weighting import ACTOR_WEIGHTINGS  # noqa: E402
+from diffrl.training.config import TrainConfig  # noqa: E402
 from diffrl.zoo.registry import SUBJECTS_ROOT  # noqa: E402
 
 METRICS = ("DINO", "CLIP-I", "CLIP-T", "DINO (held-out)")
 BASE = "base"
 REFERENCE = "dreambooth"
+PAIRED = (REFERENCE, "dpg_lambda0")  # the rows every method is compared with seed by seed
+SeedScores = dict[int, dict[str, dict[str, float]]]  # one method's results: seed -> subject -> metric -> score
 PAPER = {"DINO": "+6.3%", "CLIP-I": "+4.6%", "CLIP-T": "-0.013"}  # DPG vs DreamBooth in the paper (arXiv 2407.06642)
 
 
-def method_settings(weight: float) -> dict[str, dict]:
-    """Table row -> the `TrainConfig` fields that define it (everything else is shared)."""
+def method_settings(weight: float, lam: float) -> dict[str, dict]:
+    """Table row -> the `TrainConfig` fields that define it (everything else is shared); ``lam`` weighs the actor term
+    (-Q for DPG, -w(t) r for the direct rows)."""
     return {
         "dreambooth": dict(method="dreambooth"),
-        "dpg_dino": dict(method="dpg", rewards={"dino": weight}),
-        "dpg_lookforward": dict(method="dpg", rewards={"lookforward": weight}),
-        "one_step": dict(method="one_step", rewards={"lookforward": weight, "dino": weight}),
+        "dpg_lambda0": dict(method="dpg", rewards={"dino": weight}, lam=0.0),
+        "dpg_dino": dict(method="dpg", rewards={"dino": weight}, lam=lam),
+        "dpg_lookforward": dict(method="dpg", rewards={"lookforward": weight}, lam=lam),
+        "one_step": dict(method="one_step", rewards={"lookforward": weight, "dino": weight}, lam=lam),
+        "oracle_dino": dict(method="direct_reward", rewards={"dino": weight}, lam=lam),
+        "lookforward_direct": dict(method="direct_reward", rewards={"lookforward": weight}, lam=lam),
         "reward_backprop": dict(method="reward_backprop", rewards={"dino": weight}),
     }
 
@@ -56,15 +68,17 @@ def method_settings(weight: float) -> dict[str, dict]:
 class PaperTableConfig:
     """One benchmark: which subjects, seeds and methods, the shared training budget and the evaluation subset.
 
-    The defaults (75 training runs + 76 evaluations) take about 35 minutes on one CPU thread with the emoji zoo.
+    The defaults are 200 training runs + 201 evaluations (5 subjects x 5 seeds x 8 methods, and the base model).
     """
 
     out: Path
     subjects: int = 5
-    seeds: int = 3
+    seeds: int = 5
     steps: int = 100
-    methods: tuple[str, ...] = tuple(method_settings(1.0))
+    methods: tuple[str, ...] = tuple(method_settings(1.0, 1.0))
     reward_weight: float = 1.0
+    lam: float = TrainConfig.lam
+    actor_weighting: str = TrainConfig.actor_weighting
     lr_actor: float = 1e-4
     lr_critic: float = 1e-4
     batch_size: int = 1
@@ -171,9 +185,10 @@ def train_one(config: PaperTableConfig, method: str, subject: Subject, seed: int
         lr_critic=config.lr_critic,
         batch_size=config.batch_size,
         guidance_scale=config.guidance_scale,
+        actor_weighting=config.actor_weighting,
         seed=seed,
         resume="auto",  # a run killed earlier continues from its last checkpoint
-        **method_settings(config.reward_weight)[method],
+        **method_settings(config.reward_weight, config.lam)[method],
     )
     result = train(train_config)
     return Path(result.model_dir)
@@ -199,19 +214,56 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def summarise(results: dict[str, dict[int, dict[str, dict[str, float]]]]) -> dict:
+def summarise(results: dict[str, SeedScores]) -> dict:
     """``results[method][seed][subject] -> scores`` -> per method: each seed's subject mean, then mean/std over seeds,
-    and the change of the means vs DreamBooth (relative % for image metrics, absolute for CLIP-T, as in the paper)."""
+    the change of the means vs DreamBooth (relative % for image metrics, absolute for CLIP-T, as in the paper) and,
+    under ``"paired"``, the paired per-seed differences vs each row of `PAIRED` present (see `paired_difference`)."""
     rows: dict[str, dict] = {}
     for method, by_seed in results.items():
         per_seed = {m: [statistics.fmean(s[m] for s in subj.values()) for subj in by_seed.values()] for m in METRICS}
         rows[method] = {"runs": sum(len(subj) for subj in by_seed.values()), "seeds": len(by_seed),
                         **{m: mean_std(v) for m, v in per_seed.items()}}
     reference = rows.get(REFERENCE)
-    for row in rows.values():
+    for method, row in rows.items():
         if reference is not None:
             row["vs_dreambooth"] = {m: change(m, row[m]["mean"], reference[m]["mean"]) for m in METRICS}
+        if method == BASE:  # one untrained model, not a seeded run: nothing to pair with
+            continue
+        references = [ref for ref in PAIRED if ref in results and ref != method]
+        paired = {ref: paired_difference(results[method], results[ref]) for ref in references}
+        row["paired"] = {ref: diff for ref, diff in paired.items() if diff is not None}
     return rows
+
+
+def paired_difference(by_seed: SeedScores, reference: SeedScores) -> dict[str, dict] | None:
+    """Per metric, the paired per-seed difference of a method vs a reference row (``None`` when no seed pairs).
+
+    For each seed both rows have, d_seed = (method's mean over the subjects both have) - (reference's mean over the
+    same subjects); pairing by seed cancels the variance both runs share (the same seeded draws of instance images,
+    crops, t and eps where the methods draw them alike). Over the n paired seeds:
+    ``mean`` of d, ``se`` = std(d) / sqrt(n) (sample std; ``None`` for n = 1), ``beyond_2se`` = |mean| > 2 se, and
+    ``per_seed`` {seed: d}. Units: the metric's (absolute differences, also for the image metrics).
+    """
+    per_seed: dict[str, dict[int, float]] = {m: {} for m in METRICS}
+    for seed, scores in by_seed.items():
+        common = [subject for subject in scores if subject in reference.get(seed, {})]
+        if not common:
+            continue
+        for m in METRICS:
+            method_mean = statistics.fmean(scores[subject][m] for subject in common)
+            per_seed[m][seed] = method_mean - statistics.fmean(reference[seed][subject][m] for subject in common)
+    if not per_seed[METRICS[0]]:
+        return None
+    return {m: paired_stats(values) for m, values in per_seed.items()}
+
+
+def paired_stats(per_seed: dict[int, float]) -> dict:
+    """Mean, standard error and the 2-SE test of paired differences ``{seed: d}`` (see `paired_difference`)."""
+    values = list(per_seed.values())
+    n = len(values)
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else None
+    return {"n": n, "mean": mean, "se": se, "beyond_2se": se is not None and abs(mean) > 2 * se, "per_seed": per_seed}
 
 
 def change(metric: str, value: float, reference: float) -> float:
@@ -233,14 +285,16 @@ def to_markdown(config: PaperTableConfig, rows: dict, subjects: list[Subject]) -
         f"- subjects ({len(subjects)}): {', '.join(s.name for s in subjects)}",
         f"- seeds: {config.seeds} (0..{config.seeds - 1}); mean ± std over seeds of the per-seed subject mean",
         f"- training: {b['steps']} steps, batch {b['batch_size']}, lr {b['lr_actor']} (critic {b['lr_critic']}), "
-        f"reward weight {b['reward_weight']}, class images {b['num_class_images']}, "
-        f"{b['train_schedule_steps']}-step training schedule",
+        f"reward weight {b['reward_weight']}, lambda {b['lam']}, actor weighting {b['actor_weighting']}, "
+        f"class images {b['num_class_images']}, {b['train_schedule_steps']}-step training schedule",
         f"- evaluation: {b['prompts_per_subject']} prompts/subject x {b['images_per_prompt']} images/prompt, "
         f"{b['eval_steps']} DDIM steps, guidance {b['guidance_scale']}; DINO = the training reward's encoder, "
         "DINO (held-out) = the zoo's second DINO (seed 1)",
         "- methods: dreambooth; dpg_dino = DPG {dino}; dpg_lookforward = DPG {lookforward}; one_step = DPG without "
         "bootstrap {lookforward, dino}; reward_backprop = direct backprop of {dino} (last step, no DreamBooth term); "
-        "base = the zoo model, not personalised",
+        "base = the zoo model, not personalised; controls: dpg_lambda0 = DPG {dino} with lambda = 0 (critic trained, "
+        "not used); oracle_dino = DreamBooth + lambda w(t) times the exact {dino} of decode(x0_hat(mu(s))) "
+        "(no critic); lookforward_direct = the same with -||x0_hat - x0||^2",
         f"- change vs DreamBooth: relative for DINO / CLIP-I / held-out DINO, absolute for CLIP-T "
         f"(paper, DPG vs DreamBooth: DINO {PAPER['DINO']}, CLIP-I {PAPER['CLIP-I']}, CLIP-T {PAPER['CLIP-T']})",
         "",
@@ -251,7 +305,38 @@ def to_markdown(config: PaperTableConfig, rows: dict, subjects: list[Subject]) -
         scores = [f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in METRICS]
         deltas = [format_change(m, row["vs_dreambooth"][m]) if "vs_dreambooth" in row else "" for m in METRICS]
         lines.append(f"| {method} | {row['runs']} | " + " | ".join(scores + deltas) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + paired_markdown(rows)) + "\n"
+
+
+def paired_markdown(rows: dict) -> list[str]:
+    """The second table: paired per-seed differences vs each row of `PAIRED` (mean ± SE, * beyond 2 SE)."""
+    references = [ref for ref in PAIRED if ref in rows]
+    paired = {method: row["paired"] for method, row in rows.items() if row.get("paired")}
+    if not paired:
+        return []
+    lines = [
+        "",
+        "## Paired differences (mean ± SE over seeds)",
+        "",
+        "Per seed: the method's subject mean minus the reference's (same seed, same subjects), absolute units; "
+        "mean ± standard error (std / sqrt(n)) over the n paired seeds; * = beyond 2 standard errors.",
+        "",
+        f"| method | n (seeds vs {' / '.join(references)}) | "
+        + " | ".join(f"{m} vs {ref}" for m in METRICS for ref in references) + " |",
+        "| --- " * (2 + len(METRICS) * len(references)) + "|",
+    ]
+    for method, by_reference in paired.items():
+        counts = " / ".join(str(by_reference[ref][METRICS[0]]["n"]) if ref in by_reference else "-"
+                            for ref in references)
+        cells = [format_paired(by_reference[ref][m]) if ref in by_reference else ""
+                 for m in METRICS for ref in references]
+        lines.append(f"| {method} | {counts} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_paired(stats: dict) -> str:
+    se = "n/a" if stats["se"] is None else f"{stats['se']:.4f}"
+    return f"{stats['mean']:+.4f} ± {se}" + (" *" if stats["beyond_2se"] else "")
 
 
 def plot(rows: dict, path: Path) -> None:
@@ -376,6 +461,9 @@ def parse_args(argv: list[str] | None = None) -> PaperTableConfig:
     parser.add_argument("--lr-actor", type=float, help=f"default: {defaults.lr_actor}")
     parser.add_argument("--lr-critic", type=float, help=f"DPG's critic (default: {defaults.lr_critic})")
     parser.add_argument("--reward-weight", type=float, help=f"default: {defaults.reward_weight}")
+    parser.add_argument("--lam", type=float, help=f"weight of the DPG / direct actor term (default: {defaults.lam})")
+    parser.add_argument("--actor-weighting", choices=ACTOR_WEIGHTINGS,
+                        help=f"w(t) of the actor term (default: {defaults.actor_weighting})")
     parser.add_argument("--methods", nargs="+", choices=defaults.methods, help="default: all")
     args = vars(parser.parse_args(argv))
     values = {**(QUICK if args.pop("quick") else {}), **{k: v for k, v in args.items() if v is not None}}

@@ -13,12 +13,15 @@ from diffrl.agents import QCritic, UNetActor, add_lora
 from diffrl.envs import DenoisingConfig, DenoisingEnv
 from diffrl.models import SDComponents, load_sd_components
 from diffrl.objectives import (
+    DirectRewardConfig,
+    DirectRewardLoss,
     DPGConfig,
     DPGLoss,
     DreamBoothConfig,
     DreamBoothLoss,
     RewardBackpropConfig,
     RewardBackpropLoss,
+    actor_weight,
 )
 from diffrl.rewards import LookForwardReward, Reward, RewardInputs
 
@@ -161,6 +164,115 @@ def test_reward_backprop_with_dreambooth_terms(components):
     torch.testing.assert_close(out["loss_actor"].detach(), -out["reward"] + 0.5 * out["eps_mse"] + 0.25 * out["prior_mse"])
 
 
+# ----------------------------------------------------------------------------------------- direct reward (oracle)
+def test_actor_weight_matches_the_hand_formulas(base):
+    t = torch.tensor([0, 1, 500, 999])
+    abar = base.scheduler.alphas_cumprod[t]
+    expected_gamma = torch.tensor([0.9986**k for k in t.tolist()])
+    torch.testing.assert_close(actor_weight("gamma_t", t, abar, 0.9986), expected_gamma)
+    assert actor_weight("gamma_t", t, abar, 0.9986)[-1].item() == pytest.approx(0.2467, abs=1e-4)
+    expected_snr = torch.tensor([min(1.0, (a / (1 - a)) ** 0.5) for a in abar.double().tolist()])
+    torch.testing.assert_close(actor_weight("snr", t, abar, 0.9986), expected_snr.float())
+    snr = actor_weight("snr", t, abar, 0.9986)
+    assert snr[0] == 1.0 and snr[-1] < 0.1  # capped at low noise, sqrt(abar / (1 - abar)) at high noise
+    assert torch.equal(actor_weight("none", t, abar, 0.5), torch.ones(4))
+    with pytest.raises(ValueError, match="one of"):
+        actor_weight("sqrt", t, abar, 0.9986)
+
+
+def hand_dino(dino, references: torch.Tensor):
+    """The DINO reward of images by hand: mean cosine of the CLS features to the references' minus 1."""
+    with torch.no_grad():
+        reference_features = torch.nn.functional.normalize(dino(references).float(), dim=-1)
+
+    def reward(images: torch.Tensor, x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        features = torch.nn.functional.normalize(dino(images).float(), dim=-1)
+        return (features @ reference_features.T).mean(1) - 1
+
+    return reward
+
+
+def hand_lookforward(images: torch.Tensor, x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    return -(x0_hat - x0).square().flatten(1).mean(1)
+
+
+def unet_grads(loss, batch: TensorDict, seed: int) -> list[torch.Tensor]:
+    """Gradients of ``loss_actor`` on the U-Net for the env seed ``seed``."""
+    loss.actor.unet.zero_grad()
+    loss.env.set_seed(seed)
+    loss(batch)["loss_actor"].backward()
+    return [p.grad.clone() for p in loss.actor.unet.parameters()]
+
+
+def test_direct_reward_with_lambda_zero_is_dreambooth_bit_for_bit(components, dino):
+    env = make_env(components, DINOReward(dino, torch.rand(2, 3, 16, 16)), seed=4)
+    actor = UNetActor(components.unet, 1.0)
+    batch = make_batch(env, prior=True)
+    direct = DirectRewardLoss(env, actor, DirectRewardConfig(lam=0.0, prior_weight=0.5))
+    dreambooth = DreamBoothLoss(env, actor, DreamBoothConfig(prior_weight=0.5))
+    for seed in (0, 7):
+        ours, theirs = unet_grads(direct, batch, seed), unet_grads(dreambooth, batch, seed)
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+        env.set_seed(seed)
+        out = direct(batch)
+        env.set_seed(seed)
+        reference = dreambooth(batch)
+        assert set(out.keys()) == {"loss_actor", "eps_mse", "reward_policy", "prior_mse"}
+        for key in ("loss_actor", "eps_mse", "prior_mse"):
+            assert torch.equal(out[key].detach(), reference[key].detach()), key
+        assert -2 <= out["reward_policy"] < 0
+    assert sum(g.abs().sum() for g in ours) > 0
+
+
+@pytest.mark.parametrize(("reward_name", "weighting"), [("dino", "gamma_t"), ("lookforward", "snr")])
+def test_direct_reward_gradient_is_dreambooth_plus_the_weighted_reward(components, dino, reward_name, weighting):
+    """grad loss_actor(lam) = grad DreamBooth - lam * grad mean_b w(t_b) r(s_b, mu(s_b)), the last term by hand:
+    the U-Net's eps_hat, x0_hat, the VAE decode and the reward written out, and w(t) from its formula."""
+    references = torch.rand(2, 3, 16, 16)
+    reward, hand_reward = {
+        "dino": (DINOReward(dino, references), hand_dino(dino, references)),
+        "lookforward": (LookForwardReward(), hand_lookforward),
+    }[reward_name]
+    env = make_env(components, reward, seed=2)
+    actor = UNetActor(components.unet, 1.0)
+    batch = make_batch(env, prior=True)
+    lam, gamma = 0.7, 0.999
+    direct = DirectRewardLoss(env, actor, DirectRewardConfig(lam=lam, actor_weighting=weighting, gamma=gamma))
+    ours = unet_grads(direct, batch, seed=5)
+    dreambooth = unet_grads(DreamBoothLoss(env, actor), batch, seed=5)
+
+    env.set_seed(5)
+    state = direct.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"])
+    latents, t = state["latents"], state["timestep"]
+    eps_hat = components.unet(latents, t, encoder_hidden_states=batch["prompt_embeds"]).sample
+    abar = components.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x0_hat = (latents - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
+    images = (components.vae.decode(x0_hat / components.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    r = hand_reward(images, x0_hat, batch["x0"])
+    a = abar.flatten().double()
+    w = gamma ** t.double() if weighting == "gamma_t" else (a / (1 - a)).sqrt().clamp(max=1)
+    term = -lam * (w.float() * r).mean()
+    params = list(components.unet.parameters())
+    by_hand = torch.autograd.grad(term, params, allow_unused=True)
+    by_hand = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, by_hand)])
+    difference = torch.cat([(a - b).flatten() for a, b in zip(ours, dreambooth, strict=True)])
+    assert by_hand.norm() > 1e-3 * torch.cat([g.flatten() for g in dreambooth]).norm()  # the reward term is not noise
+    assert (difference - by_hand).norm() <= 1e-4 * by_hand.norm()
+
+    env.set_seed(5)
+    torch.testing.assert_close(direct(batch)["reward_policy"], r.mean().detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_direct_reward_needs_a_differentiable_reward(components):
+    actor = UNetActor(components.unet, 1.0)
+    with pytest.raises(ValueError, match=r"not differentiable.*method 'dpg'"):
+        DirectRewardLoss(make_env(components, LatentLuminance()), actor)
+    with pytest.raises(ValueError, match="reward="):
+        DirectRewardLoss(make_env(components), actor)
+    with pytest.raises(ValueError, match="reference"):
+        DirectRewardLoss(make_env(components, NegativeSquaredSample(), mode="sampling"), actor)
+
+
 # ---------------------------------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize(
     ("make", "match"),
@@ -175,6 +287,9 @@ def test_reward_backprop_with_dreambooth_terms(components):
         (lambda: DreamBoothConfig(prior_weight=float("inf")), "prior_weight"),
         (lambda: RewardBackpropConfig(k=0), "k"),
         (lambda: RewardBackpropConfig(eps_weight=-1.0), "eps_weight"),
+        (lambda: DirectRewardConfig(lam=-1.0), "lam"),
+        (lambda: DirectRewardConfig(actor_weighting="sqrt"), "actor_weighting"),
+        (lambda: DirectRewardConfig(gamma=2.0), "gamma"),
     ],
 )
 def test_bad_hyperparameters_raise(make, match):

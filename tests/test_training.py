@@ -81,6 +81,28 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_sd_path: Path, instance_di
     assert len(list((tmp_path / "cls").glob("*.png"))) == 2
 
 
+def test_direct_reward_with_lam_zero_trains_like_dreambooth(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path):
+    """Paired randomness through the trainer: the same seed, images, t and eps; lam = 0 leaves DreamBooth's U-Net."""
+    common = dict(max_steps=2, batch_size=2, rewards={"lookforward": 1.0})
+    dreambooth = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "db", method="dreambooth", **common))
+    dreambooth.train()
+    runs = {}
+    for lam in (0.0, 1.0):
+        cfg = config(tiny_sd_path, instance_dir, tmp_path / f"direct{lam}", method="direct_reward", lam=lam, **common)
+        runs[lam] = Trainer(cfg)
+        history = runs[lam].train().history
+        assert history[-1]["reward_policy"] < 0 and "eps_mse" in history[-1]
+    assert unet_hash(runs[0.0].components.unet) == unet_hash(dreambooth.components.unet)
+    assert unet_hash(runs[1.0].components.unet) != unet_hash(dreambooth.components.unet)
+
+
+def test_build_loss_rejects_a_method_it_has_no_loss_for(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_sd_path, instance_dir, tmp_path / "run")
+    cfg.method = "ppo"  # validated on construction; changed afterwards, it must not silently become DPG
+    with pytest.raises(ValueError, match="no loss for method 'ppo'"):
+        Trainer(cfg)
+
+
 # ------------------------------------------------------------------ output
 def test_full_finetune_output_loads_with_from_pretrained(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
@@ -209,6 +231,7 @@ def test_nonfinite_loss_raises_or_skips(tiny_sd_path: Path, instance_dir: Path, 
         (dict(lr_actor=0.0), "lr_actor must be > 0"),
         (dict(batch_size=0), "batch_size must be > 0"),
         (dict(method="ppo"), "method must be one of"),
+        (dict(actor_weighting="sqrt"), "actor_weighting must be one of"),
         (dict(mixed_precision="fp8"), "mixed_precision must be one of"),
         (dict(gamma=1.5), r"gamma must be in \[0, 1\]"),
         (dict(resolution=12), "multiple of 8"),
@@ -326,3 +349,10 @@ def test_personalize_command_is_registered() -> None:
     )
     cfg = config_from_args(args)
     assert cfg.rewards == {"lookforward": 1.0, "dino": 0.25} and cfg.method == "one_step"
+    assert cfg.actor_weighting == "gamma_t"
+    args = build_parser().parse_args(
+        ["personalize", "--pretrained", "sd", "--instance-dir", "d", "--instance-prompt", "a sks dog", "--output-dir", "o",
+         "--method", "direct_reward", "--rewards", "dino", "--actor-weighting", "snr", "--lam", "0.5"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.method, cfg.actor_weighting, cfg.lam) == ("direct_reward", "snr", 0.5)

@@ -2,15 +2,21 @@
 
 from diffrl.objectives.backprop import RewardBackpropConfig, RewardBackpropLoss
 from diffrl.objectives.base import DiffusionLoss
+from diffrl.objectives.direct import DirectRewardConfig, DirectRewardLoss
 from diffrl.objectives.dpg import DPGConfig, DPGLoss
 from diffrl.objectives.dreambooth import DreamBoothConfig, DreamBoothLoss
+from diffrl.objectives.weighting import ACTOR_WEIGHTINGS, actor_weight
 
 __all__ = [
+    "ACTOR_WEIGHTINGS",
     "DPGConfig",
     "DPGLoss",
     "DiffusionLoss",
+    "DirectRewardConfig",
+    "DirectRewardLoss",
     "DreamBoothConfig",
     "DreamBoothLoss",
     "RewardBackpropConfig",
     "RewardBackpropLoss",
+    "actor_weight",
 ]

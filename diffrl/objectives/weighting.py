@@ -1,26 +1,40 @@
-"""Per-timestep weights w(t) of a reward or value term in the actor loss."""
+"""Per-timestep weighting w(t) of an actor term (a reward or a critic value of the policy's own action)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 ACTOR_WEIGHTINGS = ("none", "gamma_t", "snr")
 
 
 def actor_weight(kind: str, timesteps: Tensor, alphas_cumprod: Tensor, gamma: float) -> Tensor:
-    """w(t) ``[B]`` for timesteps ``[B]`` (training timesteps 0..T-1) and their abar_t ``[B]``.
+    """w(t) per sample, ``[B]`` float32 (dimensionless), on ``timesteps``' device.
 
     - ``"none"``: w = 1.
-    - ``"gamma_t"``: w = gamma ** t, the paper's discount of the actor term (arXiv 2407.06642): states near the clean
-      image (small t) weigh most; with gamma = 0.9986, w(999) = 0.25.
-    - ``"snr"``: w = min(1, sqrt(abar_t / (1 - abar_t))). d x0_hat / d eps_hat = -sqrt((1 - abar_t) / abar_t), so a
-      value gradient in x0_hat space reaches the action multiplied by 1 / sqrt(SNR); this weight undoes that
-      amplification at high noise (x14.6 at t = 999 for SD's schedule) and leaves low-noise states at 1.
+    - ``"gamma_t"``: w = gamma ** t, t the training timestep (0..999 for SD; not the inference step index): the
+      paper's discounting of the actor term, which favours low-noise states (0.9986 ** 999 = 0.247).
+    - ``"snr"``: w = min(1, sqrt(abar_t / (1 - abar_t))), the square root of the signal-to-noise ratio capped at 1.
+      A change of eps_hat moves x0_hat by sqrt((1 - abar_t) / abar_t) times as much, so this cancels that
+      amplification of a reward's gradient where it exceeds 1 (high noise) and leaves low-noise states at 1.
+
+    Args:
+        kind: one of `ACTOR_WEIGHTINGS`.
+        timesteps: t ``[B]``, int64 training timesteps.
+        alphas_cumprod: abar_t per sample ``[B]`` (``schedule.abar(timesteps)``), in ``(0, 1]``.
+        gamma: the discount in ``[0, 1]`` (used by ``"gamma_t"`` only).
     """
-    if kind == "none":
-        return alphas_cumprod.new_ones(alphas_cumprod.shape)
+    if kind not in ACTOR_WEIGHTINGS:
+        raise ValueError(f"actor weighting must be one of {list(ACTOR_WEIGHTINGS)}, got {kind!r}.")
+    if timesteps.shape != alphas_cumprod.shape or timesteps.ndim != 1:
+        raise ValueError(
+            f"timesteps {tuple(timesteps.shape)} and alphas_cumprod {tuple(alphas_cumprod.shape)} must both be [B]."
+        )
     if kind == "gamma_t":
-        return gamma ** timesteps.to(alphas_cumprod.dtype)
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
+        return torch.pow(gamma, timesteps.float())
     if kind == "snr":
-        return (alphas_cumprod / (1 - alphas_cumprod)).sqrt().clamp(max=1.0)
-    raise ValueError(f"actor_weighting must be one of {list(ACTOR_WEIGHTINGS)}, got {kind!r}.")
+        abar = alphas_cumprod.float().to(timesteps.device)
+        return (abar / (1 - abar)).sqrt().clamp(max=1.0)
+    return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)

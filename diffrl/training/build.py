@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from diffrl.envs import DenoisingConfig, DenoisingEnv
 from diffrl.models import SDComponents
-from diffrl.training.config import TrainConfig
+from diffrl.training.config import METHODS, TrainConfig
 from diffrl.training.data import derive_seed
 
 
@@ -64,6 +64,16 @@ def build_loss(config: TrainConfig, context: TrainingContext) -> nn.Module:
         actor = UNetActor(components.unet, guidance_scale=config.guidance_scale)
         backprop = objectives.RewardBackpropConfig(prior_weight=prior_weight)
         return objectives.RewardBackpropLoss(sampling, actor, backprop, reference_env=reference, text_encoder=text_encoder)
+    if config.method == "direct_reward":
+        actor = UNetActor(components.unet, guidance_scale=1.0)
+        direct = objectives.DirectRewardConfig(
+            lam=config.lam, actor_weighting=config.actor_weighting, gamma=config.gamma, prior_weight=prior_weight
+        )
+        return objectives.DirectRewardLoss(reference, actor, direct, text_encoder=text_encoder)
+    if config.method not in ("dpg", "one_step"):
+        raise ValueError(
+            f"build_loss has no loss for method {config.method!r}; pick one of {list(METHODS)} or add its branch here."
+        )
     # the critic reads the action through x0_hat; rewards comparing x0_hat with x0 also need x0 and the error
     inputs = ("x0_hat", "x0", "lookforward_error") if config.rewards.get("lookforward", 0) else ("x0_hat",)
     critic = QCritic(reference.latent_shape, components.text_encoder.config.hidden_size, inputs=inputs)

@@ -88,7 +88,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     method.add_argument("--dino-kwargs", type=json_object, metavar="JSON",
                         help="timm.create_model kwargs of the DINO (e.g. a small ViT's img_size), JSON text or file")
     method.add_argument("--gamma", type=float, default=TrainConfig.gamma, help="DPG's discount (default: %(default)s)")
-    method.add_argument("--lam", type=float, default=TrainConfig.lam, help="weight of -Q in DPG's actor loss")
+    method.add_argument("--lam", type=float, default=TrainConfig.lam, help="weight of the actor term: -Q (dpg), -w(t) r (direct_reward)")
     method.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning (default: %(default)s)")
     method.add_argument("--train-text-encoder", action="store_true")
 
@@ -130,6 +130,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         num_class_images=args.num_class_images, prior_weight=args.prior_weight, identifier=args.identifier,
         resolution=args.resolution, method=args.method, rewards=args.rewards,
         dino_weights=args.dino_weights and str(args.dino_weights), dino_arch=args.dino_arch, gamma=args.gamma, lam=args.lam,
+        actor_weighting=args.actor_weighting,
         lora_rank=args.lora_rank, train_text_encoder=args.train_text_encoder, lr_actor=args.lr_actor, lr_critic=args.lr_critic,
         batch_size=args.batch_size, max_steps=args.max_steps, grad_clip=args.grad_clip, mixed_precision=args.mixed_precision,
         nonfinite=args.nonfinite, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
