@@ -27,7 +27,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,6 +54,7 @@ class ProbeConfig:
     seed: training seed (the held-out states use another).
     threads: torch threads.
     tiny: tiny random models instead of the zoo (a smoke run; meaningless numbers).
+    overrides: ``TrainConfig`` fields to change for an ablation, e.g. ``{"gamma": 0.9}`` (CLI: ``--set gamma=0.9``).
     """
 
     json: Path
@@ -64,6 +65,7 @@ class ProbeConfig:
     seed: int = 0
     threads: int = 2
     tiny: bool = False
+    overrides: dict = field(default_factory=dict)
 
 
 def train_config(probe: ProbeConfig, output_dir: Path) -> TrainConfig:
@@ -85,10 +87,11 @@ def train_config(probe: ProbeConfig, output_dir: Path) -> TrainConfig:
     from diffrl.zoo import SUBJECTS
 
     noun = next(glyph.noun for glyph in SUBJECTS if glyph.name == probe.subject)
-    return TrainConfig(
+    settings = dict(
         **models, instance_prompt=f"a sks {noun}", output_dir=str(output_dir / "run"), method="dpg",
         rewards={"dino": 1.0}, max_steps=probe.steps, lr_actor=probe.lr_actor, seed=probe.seed, diagnose_every=0,
     )
+    return TrainConfig(**{**settings, **probe.overrides})
 
 
 def heldout(trainer: Trainer, probe: ProbeConfig) -> dict:
@@ -169,11 +172,16 @@ def parse_args(argv: list[str] | None = None) -> ProbeConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, value in asdict(defaults).items():
         flag = f"--{name.replace('_', '-')}"
-        if isinstance(value, bool):
+        if name == "overrides":
+            parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                                help="a TrainConfig field to change (repeatable; the value is read as JSON)")
+        elif isinstance(value, bool):
             parser.add_argument(flag, action="store_true")
         else:
             parser.add_argument(flag, type=type(value), default=value, help=f"default: {value}")
-    return ProbeConfig(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    args["overrides"] = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args["overrides"])}
+    return ProbeConfig(**args)
 
 
 if __name__ == "__main__":

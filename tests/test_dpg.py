@@ -221,34 +221,35 @@ def test_exploration_has_one_size_in_x0_hat_space(components):
 
 
 # ------------------------------------------------------------------------------------------- a critic that learns
-class DistanceToPattern(Reward):
-    """-mean((x0_hat - c)^2) for a fixed latent pattern c: differentiable, known gradient, not the look-forward
-    error (c is not the reference x0)."""
+class PatternAlignment(Reward):
+    """mean(c * x0_hat) for a fixed latent pattern c: differentiable, with a known gradient that has nothing to do with
+    the look-forward error: c in x0_hat space, -sqrt((1 - abar_t) / abar_t) c in action space, so the critic must
+    find it through the look-forward of each noise level."""
 
     differentiable = True
     requires = frozenset({"x0_hat"})
 
     def __init__(self) -> None:
-        super().__init__("DistanceToPattern")
+        super().__init__("PatternAlignment")
         self.register_buffer("pattern", torch.randn(SHAPE, generator=torch.Generator().manual_seed(5)))
 
     def forward(self, inputs: RewardInputs) -> torch.Tensor:
-        return -(inputs.x0_hat - self.pattern).pow(2).flatten(1).mean(1)
+        return (self.pattern * inputs.x0_hat).flatten(1).mean(1)
 
 
 def test_critic_fits_a_known_differentiable_reward(components):
     """A one-step critic (gamma = 0) trained on collected transitions only: on fresh states its action gradient
     points where the reward's does (median cosine >= 0.9; an untrained critic is near 0) and its held-out R^2 per
-    band is high."""
+    band is high. (With a curved reward, mean(c * tanh(x0_hat)), the same budget reaches a cosine of 0.73.)"""
     config = DPGConfig(gamma=0.0, lam=0.0, exploration_std=0.3, exploration_actions=4, critic_batch_size=32,
                        replay_size=4096)
-    loss = make_dpg(components, config, reward=DistanceToPattern(), critic_states=32, inputs=("x0_hat",))
+    loss = make_dpg(components, config, reward=PatternAlignment(), critic_states=32, inputs=("x0_hat",))
     batch = make_batch(loss.reference_env)
     probe = loss.noised_states(batch, torch.Generator().manual_seed(99))
     assert gradient_cosine(loss, probe).median() < 0.5
     optimizer = torch.optim.Adam(loss.critic_parameters(), lr=3e-3)
-    for step in range(300):
-        if step < 60:
+    for step in range(250):
+        if step < 24:
             loss.replay.extend(loss.collect(loss.noised_states(batch)))
         out = loss.critic_loss(loss.replay.sample())
         optimizer.zero_grad()
@@ -287,7 +288,7 @@ def test_non_finite_rewards_are_a_clear_error(components):
             return torch.full((inputs.batch_size,), float("nan"))
 
     loss = make_dpg(components, DPGConfig(), reward=Broken())
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(ValueError, match="Broken.*non-finite"):
         loss(make_batch(loss.reference_env))
 
 

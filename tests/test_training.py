@@ -67,16 +67,21 @@ def unet_hash(module: torch.nn.Module) -> str:
 
 # ------------------------------------------------------------------ resume
 def test_resume_reproduces_the_uninterrupted_run(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
-    """DPG (critic, target critic, env noise) with prior preservation: 2 steps + resume == 4 steps, to 1e-6."""
-    common = dict(method="dpg", batch_size=2, num_class_images=2, class_prompt="a photo of dog", class_dir=str(tmp_path / "cls"))
+    """DPG (critic, target critic, replay buffer, PopArt statistics, the loss's and the envs' generators, the lambda
+    schedule, critic-only updates, diagnostics) with prior preservation: 2 steps + resume == 4 steps, to 1e-6."""
+    common = dict(method="dpg", batch_size=2, num_class_images=2, class_prompt="a photo of dog", class_dir=str(tmp_path / "cls"),
+                  warmup_steps=1, lam_ramp_steps=2, critic_states=2, critic_batch_size=3, critic_updates=2,
+                  diagnose_every=3)
     full = train(config(tiny_sd_path, instance_dir, tmp_path / "full", max_steps=4, **common))
     first = train(config(tiny_sd_path, instance_dir, tmp_path / "split", max_steps=2, **common))
     resumed = train(config(tiny_sd_path, instance_dir, tmp_path / "split", max_steps=4, resume="latest", **common))
     assert [h["step"] for h in first.history + resumed.history] == [1, 2, 3, 4]
     assert resumed.checkpoint.name == "ckpt-000004"
     for expected, got in zip(full.history[2:], resumed.history, strict=True):
-        for key in ("loss_actor", "loss_critic", "reward", "prior_mse", "q_value"):
+        for key in ("loss_actor", "loss_critic", "reward", "prior_mse", "q_value", "lam", "critic_r2_fresh"):
             assert got[key] == pytest.approx(expected[key], abs=1e-6, rel=1e-6), key
+    assert resumed.history[1]["critic/grad_cosine"] == pytest.approx(full.history[3]["critic/grad_cosine"], abs=1e-6)
+    assert resumed.history[0]["lam"] > 0 and resumed.history[1]["lam"] == 1.0  # the critic reaches the actor
     assert full.history[2]["loss_critic"] != full.history[3]["loss_critic"]  # the comparison is not vacuous
     assert len(list((tmp_path / "cls").glob("*.png"))) == 2
 

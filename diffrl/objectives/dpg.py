@@ -209,13 +209,12 @@ class DPGLoss(DiffusionLoss):
 
     # ------------------------------------------------------------ collection
     def behaviour_actions(self, state: TensorDictBase, generator: torch.Generator | None = None) -> Tensor:
-        """``[B, K + 1, C, h, w]``: mu(s) (index 0, detached) and K explorations of it (noise from ``generator``,
-        default the loss's)."""
-        mu = state["action"].detach()
+        """``[B, K + 1, C, h, w]`` (fp32): mu(s) (index 0, detached) and K explorations of it (noise from
+        ``generator``, default the loss's). Computed in fp32: near t = 0, 1 - abar_t underflows in half precision."""
+        mu = state["action"].detach().float()
         k = self.config.exploration_actions
-        noise = torch.randn((mu.shape[0], k, *mu.shape[1:]), generator=generator or self.rng, device=mu.device,
-                            dtype=mu.dtype)
-        std = torch.full((mu.shape[0],), self.config.exploration_std, device=mu.device, dtype=mu.dtype)
+        noise = torch.randn((mu.shape[0], k, *mu.shape[1:]), generator=generator or self.rng, device=mu.device)
+        std = torch.full((mu.shape[0],), self.config.exploration_std, device=mu.device)
         if self.config.exploration_space == "x0":
             abar = self.env.schedule.abar(state["timestep"]).to(mu)
             std = std * (abar / (1 - abar)).sqrt()  # |d eps| = sqrt(abar / (1 - abar)) |d x0_hat|
@@ -247,12 +246,7 @@ class DPGLoss(DiffusionLoss):
         steps = []
         for k in range(actions.shape[1]):
             step = self.env.step(state.exclude("action").set("action", actions[:, k]))["next"]
-            reward = step["reward"].squeeze(-1)
-            if not torch.isfinite(reward).all():
-                raise FloatingPointError(
-                    f"The reward {type(self.env.reward_fn).__name__} returned non-finite values {reward.tolist()}; "
-                    "check the reward function (a critic cannot learn from NaN or inf)."
-                )
+            reward = step["reward"].squeeze(-1)  # a non-finite reward is an error of the Reward itself
             if self.config.bootstrap:
                 next_action = self.actor(step.select(*ACTOR_IN_KEYS).clone())["action"]
             else:
@@ -397,7 +391,10 @@ class DPGLoss(DiffusionLoss):
         return {"replay": self.replay.state_dict()}
 
     def load_collection_state(self, state: dict) -> None:
+        """Inverse of `collection_state`. The buffer's own copy of the generator is dropped: sampling goes on drawing
+        from ``rng`` (restored with the run's other generators), interleaved with the exploration noise."""
         self.replay.load_state_dict(state["replay"])
+        self.replay.set_rng(self.rng)
 
 
 def r_squared(prediction: Tensor, target: Tensor) -> Tensor:
