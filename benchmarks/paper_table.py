@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, evaluate, load_dreambench  # noqa: E402
 from diffrl.io import atomic_write, atomic_write_text  # noqa: E402
+from diffrl.training import TrainConfig  # noqa: E402
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS  # noqa: E402
 from diffrl.training.config import TrainConfig  # noqa: E402
 from diffrl.zoo.registry import SUBJECTS_ROOT  # noqa: E402
@@ -80,7 +81,7 @@ class PaperTableConfig:
     lam: float = TrainConfig.lam
     actor_weighting: str = TrainConfig.actor_weighting
     lr_actor: float = 1e-4
-    lr_critic: float = 1e-4
+    lr_critic: float = TrainConfig.lr_critic
     batch_size: int = 1
     num_class_images: int = 0
     # Training schedule of the reference env: 999, the longest SD's steps_offset=1 allows (1000 would hold timestep
@@ -160,7 +161,7 @@ def run_dir(config: PaperTableConfig, method: str, subject: Subject | None, seed
 
 def train_one(config: PaperTableConfig, method: str, subject: Subject, seed: int) -> Path:
     """Personalise on ``subject`` with ``method`` and ``seed``; return the model folder (reused when it exists)."""
-    from diffrl.training import TrainConfig, train
+    from diffrl.training import train
 
     out = run_dir(config, method, subject, seed)
     model_dir = out / "model"

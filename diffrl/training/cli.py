@@ -57,7 +57,7 @@ def json_object(value: str) -> dict:
 CRITIC_FIELDS = (
     "exploration_std", "exploration_space", "exploration_actions", "critic_states", "critic_updates",
     "critic_batch_size", "replay_size", "warmup_steps", "lam_ramp_steps", "actor_weighting", "pair_weight", "tau",
-    "reward_scale", "diagnose_every",
+    "reward_scale", "critic_grad_clip", "diagnose_every",
 )
 """`TrainConfig` fields of DPG's critic learning, each a flag with the field's default."""
 
@@ -101,7 +101,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr-actor", type=float, default=5e-6)
-    optim.add_argument("--lr-critic", type=float, default=1e-4)
+    optim.add_argument("--lr-critic", type=float, default=TrainConfig.lr_critic)
     optim.add_argument("--batch-size", type=int, default=1)
     optim.add_argument("--max-steps", type=int, default=400)
     optim.add_argument("--grad-clip", type=float, default=1.0)

@@ -51,7 +51,8 @@ class TrainConfig:
         lr_actor, lr_critic, lr_warmup_steps: AdamW learning rates and linear warm-up.
         batch_size: instance images per process per step.
         max_steps: optimizer steps in total (a resumed run continues up to it).
-        grad_clip: max gradient norm (``None``: no clipping).
+        grad_clip: max gradient norm of the actor (``None``: no clipping).
+        critic_grad_clip: max gradient norm of the critic (``None``: no clipping); its loss is in band-normalised units.
         mixed_precision: "no", "fp16" or "bf16" (HF Accelerate).
         lora_rank: LoRA rank of the U-Net; 0 fine-tunes all U-Net weights.
         train_text_encoder: also fine-tune the text encoder (with `lr_actor`).
@@ -97,11 +98,12 @@ class TrainConfig:
     diagnose_every: int = 50
     num_inference_steps: int = 999  # the longest schedule SD's steps_offset=1 allows: t-1 chains over t = 999..1
     lr_actor: float = 5e-6
-    lr_critic: float = 1e-4
+    lr_critic: float = 1e-3
     lr_warmup_steps: int = 0
     batch_size: int = 1
     max_steps: int = 400
     grad_clip: float | None = 1.0
+    critic_grad_clip: float | None = 10.0
     mixed_precision: str = "no"
     lora_rank: int = 0
     train_text_encoder: bool = False
@@ -153,8 +155,9 @@ class TrainConfig:
             raise ConfigError(f"lam (weight of -Q in the actor loss) must be >= 0, got {self.lam!r}.")
         if not 0.0 < self.random_crop_scale <= 1.0:
             raise ConfigError(f"random_crop_scale must be in (0, 1], got {self.random_crop_scale!r}.")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be > 0 or None (no clipping), got {self.grad_clip!r}.")
+        for name in ("grad_clip", "critic_grad_clip"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 or None (no clipping), got {getattr(self, name)!r}.")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}.")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

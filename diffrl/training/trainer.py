@@ -213,11 +213,12 @@ class Trainer:
                 return logs
         self.accelerator.backward(total)
         self._average_gradients()
-        if self.config.grad_clip is not None:
+        clips = {"actor": self.config.grad_clip, "critic": self.config.critic_grad_clip}
+        if any(clips[name] is not None and params for name, params in self.param_groups.items()):
             self.accelerator.unscale_gradients(self.optimizer)  # once (fp16), then clip actor and critic separately
             for name, params in self.param_groups.items():
-                if params:
-                    logs[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip))
+                if params and clips[name] is not None:
+                    logs[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(params, clips[name]))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -238,9 +239,9 @@ class Trainer:
                 return
         self.accelerator.backward(loss_critic)
         self._average_gradients(self.critic_params)
-        if self.config.grad_clip is not None:
+        if self.config.critic_grad_clip is not None:
             self.accelerator.unscale_gradients(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.critic_params, self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.critic_params, self.config.critic_grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.loss.target_updater.step()
