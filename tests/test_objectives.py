@@ -23,7 +23,7 @@ from diffrl.objectives import (
     RewardBackpropLoss,
     actor_weight,
 )
-from diffrl.rewards import LookForwardReward, Reward, RewardInputs
+from diffrl.rewards import DINOReward, LookForwardReward, Reward, RewardInputs
 
 B = 4
 SHAPE = (4, 8, 8)

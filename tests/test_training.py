@@ -54,6 +54,12 @@ def config(tiny_sd_path: Path, instance_dir: Path, out: Path, **overrides) -> Tr
         lr_critic=1e-3,
         max_steps=1,
         sample_steps=2,
+        # DPG's critic at a tiny-model scale: it reaches the actor from step 3
+        critic_states=2,
+        critic_batch_size=4,
+        critic_updates=2,
+        warmup_steps=2,
+        lam_ramp_steps=2,
     )
     return TrainConfig(**{**settings, **overrides})
 

@@ -183,15 +183,19 @@ class QCritic(nn.Module):
     def update_statistics(self, targets: Tensor, timestep: Tensor, rate: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Move each band's (and the pooled) mean / second moment towards ``targets`` ``[N]``: exact running averages
         while fewer than ``1 / rate`` targets were seen, then exponential averages with ``rate``. Then rescale the
-        output rows (`rescale_output`) so that Q is unchanged (PopArt). Returns the old and new per-band mean and
-        std, for rescaling a target copy of the critic the same way. The first update sets the statistics without
+        output rows (`rescale_output`) so that Q is unchanged (PopArt). Under torch.distributed the batch statistics
+        are summed over processes first: every process keeps the same statistics and weights. Returns the old and
+        new per-band mean and std, for rescaling a target copy of the critic the same way. The first update sets the statistics without
         rescaling: an untrained output has nothing to preserve."""
         targets = targets.detach().to(self.value_mean.dtype)
         band = torch.cat([self.band(timestep), torch.full_like(timestep, self.num_bands, dtype=torch.long)])
         targets = torch.cat([targets, targets])
         count = torch.bincount(band, minlength=self.num_bands + 1).to(self.value_count)
-        batch_mean = torch.zeros_like(self.value_mean).index_add_(0, band, targets) / count.clamp_min(1)
-        batch_sq = torch.zeros_like(self.value_mean).index_add_(0, band, targets.pow(2)) / count.clamp_min(1)
+        sums = torch.stack([count, torch.zeros_like(self.value_mean).index_add_(0, band, targets),
+                            torch.zeros_like(self.value_mean).index_add_(0, band, targets.pow(2))])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)  # one set of statistics (and one rescaling) in every process
+        count, batch_mean, batch_sq = sums[0], sums[1] / sums[0].clamp_min(1), sums[2] / sums[0].clamp_min(1)
         old_mean, old_std = self.statistics()
         first = bool(self.value_count[-1] == 0)  # nothing learned yet: no output to preserve
         self.value_count += count
