@@ -109,9 +109,10 @@ def generated_images(eval_dir: Path, subject: Subject) -> Tensor:
 def _train_config(zoo: ZooPaths, subject: Subject, out: Path, overrides: dict[str, Any]):
     from diffrl.training import TrainConfig
 
-    return TrainConfig(pretrained=str(zoo.sd), instance_dir=str(Path(subject.image_paths[0]).parent),
-                       instance_prompt=subject.instance_prompt, class_prompt=f"a {subject.class_noun}",
-                       identifier=subject.identifier, output_dir=str(out), **{**overrides, "method": "dreambooth"})
+    fields = dict(pretrained=str(zoo.sd), instance_dir=str(Path(subject.image_paths[0]).parent),
+                  instance_prompt=subject.instance_prompt, class_prompt=f"a {subject.class_noun}",
+                  identifier=subject.identifier, output_dir=str(out))
+    return TrainConfig(**{**fields, **overrides, "method": "dreambooth"})
 
 
 def personalise(zoo: ZooPaths, subject: Subject, encoders: EvaluationEncoders, galleries: dict[str, Tensor],
@@ -143,11 +144,17 @@ def personalise(zoo: ZooPaths, subject: Subject, encoders: EvaluationEncoders, g
 
 def _score(components, subject: Subject, encoders: EvaluationEncoders, galleries: dict[str, Tensor],
            evaluation: EvaluationConfig, out: Path) -> dict[str, float]:
+    """DreamBench scores and retrieval on the subject's prompts; ``dino_instance``: DINO of 4 generations of the
+    training prompt itself (how well the subject was fitted, apart from new contexts)."""
     report = evaluate(components, [subject], encoders, evaluation, out, overwrite=True)
     means = report.subjects[0].means
     hit = retrieval(encoders.dino, generated_images(out, subject), galleries, subject.name)
+    instance = replace(subject, prompts=(subject.instance_prompt,))
+    fit = evaluate(components, [instance], encoders, replace(evaluation, images_per_prompt=4, prompts_per_subject=None),
+                   out / "instance", overwrite=True)
     return {"dino": round(means["DINO"], 4), "dino_heldout": round(means["DINO (held-out)"], 4),
-            "clip_t": round(means["CLIP-T"], 4), "retrieval": round(hit, 4)}
+            "clip_t": round(means["CLIP-T"], 4), "retrieval": round(hit, 4),
+            "dino_instance": round(fit.subjects[0].means["DINO"], 4)}
 
 
 def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig | None = None) -> dict[str, Any]:
@@ -157,7 +164,7 @@ def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig
     ...}}, "mean_dino", "mean_retrieval", "clip_t", "clip_t_base", "mean_vae_dino_ceiling", "min_vae_dino_ceiling",
     "mean_vae_psnr", "settings"}``."""
     cfg = cfg or PersonalisationConfig()
-    everyone = load_dreambench(zoo.subjects)
+    everyone = load_dreambench(zoo.subjects, identifier=cfg.train.get("identifier", "sks"))
     chosen = [s for s in everyone if cfg.subjects is None or s.name in cfg.subjects]
     if not chosen:
         raise ValueError(f"no bundled subject among {cfg.subjects}; choose from {[s.name for s in everyone]}")
