@@ -31,7 +31,7 @@ from diffrl.io import atomic_write_text  # noqa: E402
 from diffrl.models import DINOEncoder  # noqa: E402
 from diffrl.zoo.registry import load  # noqa: E402
 from diffrl.zoo.training.common import n_params, world_data  # noqa: E402
-from diffrl.zoo.training.personalisation import vae_ceiling  # noqa: E402
+from diffrl.zoo.training.personalisation import blank_floor, vae_ceiling  # noqa: E402
 from diffrl.zoo.training.vae import VAETrainConfig, recon_psnr, refine_decoder, train_vae  # noqa: E402
 
 from zoo_personalisation import parse_value  # noqa: E402
@@ -46,6 +46,7 @@ def score(vae: AutoencoderKL) -> dict:
     for subject in load_dreambench(zoo.subjects):
         row = vae_ceiling(vae, dino, subject)
         row["vae_dino_eval_ceiling"] = vae_ceiling(vae, held_out, subject)["vae_dino_ceiling"]
+        row["dino_blank"] = blank_floor(dino, subject)
         subjects[subject.name] = row
     mean = lambda key: round(statistics.fmean(r[key] for r in subjects.values()), 4)  # noqa: E731
     return {"subjects": subjects, "mean_vae_dino_ceiling": mean("vae_dino_ceiling"),

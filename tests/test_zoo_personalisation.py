@@ -12,7 +12,13 @@ from PIL import Image
 
 from diffrl.evaluation import Subject
 from diffrl.zoo.training.card import _personalisation, _targets
-from diffrl.zoo.training.personalisation import PersonalisationConfig, retrieval, settings, vae_ceiling
+from diffrl.zoo.training.personalisation import (
+    PersonalisationConfig,
+    blank_floor,
+    retrieval,
+    settings,
+    vae_ceiling,
+)
 
 
 def flat(images: torch.Tensor) -> torch.Tensor:
@@ -31,6 +37,7 @@ def test_retrieval_counts_generations_nearest_to_the_right_subject():
 
 def _subject(tmp_path, images: torch.Tensor) -> Subject:
     paths = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         path = tmp_path / f"{i:02d}.png"
         Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(path)
@@ -56,6 +63,14 @@ def test_vae_ceiling_is_the_cosine_and_psnr_of_the_reconstructions(tmp_path):
     assert got["vae_psnr"] < 20  # a random VAE reconstructs badly: the measurement does not flatter it
 
 
+def test_blank_floor_is_what_an_empty_image_in_the_backdrop_colour_scores(tmp_path):
+    empty = torch.full((2, 3, 16, 16), 0.8)
+    assert blank_floor(flat, _subject(tmp_path / "a", empty)) == pytest.approx(1.0, abs=1e-3)
+    glyph = empty.clone()
+    glyph[:, :, 4:12, 4:12] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)  # a red square on the backdrop
+    assert blank_floor(flat, _subject(tmp_path / "b", glyph)) < 0.95
+
+
 def test_only_dreambooth_is_measured_and_generations_are_kept():
     with pytest.raises(ValueError, match="DreamBooth"):
         PersonalisationConfig(train={"method": "dpg"})
@@ -67,7 +82,7 @@ def test_only_dreambooth_is_measured_and_generations_are_kept():
 
 def _record(dino: float, ceiling: float) -> dict:
     row = {"dino": dino, "retrieval": 0.9, "vae_dino_ceiling": ceiling, "vae_psnr": 26.0, "clip_t": 0.6,
-           "clip_t_base": 0.62}
+           "clip_t_base": 0.62, "dino_blank": 0.1}
     return {"subjects": {"poodle": row, "racing_car": {**row, "vae_dino_ceiling": 0.5}}, "mean_dino": dino,
             "mean_retrieval": 0.9, "clip_t": 0.6, "clip_t_base": 0.62, "mean_vae_dino_ceiling": (ceiling + 0.5) / 2,
             "min_vae_dino_ceiling": 0.5, "mean_vae_psnr": 26.0, "settings": settings(PersonalisationConfig())}
@@ -76,7 +91,7 @@ def _record(dino: float, ceiling: float) -> dict:
 def test_the_card_shows_the_table_and_judges_the_targets():
     pers = _record(0.65, 0.98)
     table = _personalisation(pers)
-    assert "| poodle | 0.650 | 0.90 | 0.980 | 26.0 | 0.600 | 0.620 |" in table
+    assert "| poodle | 0.650 | 0.90 | 0.980 | 26.0 | 0.600 | 0.620 | 0.100 |" in table
     assert "| racing_car | 0.650 | 0.90 | 0.500 |" in table
     assert "library defaults" in table
     from diffrl.zoo.training.card import BuildTime

@@ -239,7 +239,7 @@ def _personalisation(pers: dict) -> str:
     train = pers["settings"]["train"]
     ev = pers["settings"]["evaluation"]
     rows = "\n".join(f"| {name} | {r['dino']:.3f} | {r['retrieval']:.2f} | {r['vae_dino_ceiling']:.3f} | "
-                     f"{r['vae_psnr']:.1f} | {r['clip_t']:.3f} | {r['clip_t_base']:.3f} |"
+                     f"{r['vae_psnr']:.1f} | {r['clip_t']:.3f} | {r['clip_t_base']:.3f} | {r['dino_blank']:.3f} |"
                      for name, r in pers["subjects"].items())
     prompts = ev["prompts_per_subject"] or "all 25"
     return f"""DreamBooth on each bundled subject (`diffrl.training`; {train if isinstance(train, str) else f"TrainConfig {train}"}),
@@ -248,14 +248,15 @@ then the DreamBench protocol (`diffrl.evaluation`) on {prompts} prompts x {ev['i
 cosine of the generations to the references; `retrieval`: fraction of generations whose nearest subject (mean
 zoo-DINO cosine to its references) among all bundled subjects is the right one; `ceiling`: zoo-DINO cosine of each
 reference's VAE reconstruction to the reference (the best `dino` this VAE allows), `PSNR` of those reconstructions;
-CLIP-T of the personalised and of the base model on the same prompts and seeds
-(`benchmarks/zoo_personalisation.py` reruns it).
+CLIP-T of the personalised and of the base model on the same prompts and seeds; `blank`: zoo-DINO cosine of a
+flat image in the references' backdrop colour to the references, i.e. what an empty generation scores (a `dino` or
+ceiling near it says nothing about identity). `benchmarks/zoo_personalisation.py` reruns it.
 
-| subject | dino | retrieval | ceiling | PSNR (dB) | CLIP-T | CLIP-T base |
-| --- | --- | --- | --- | --- | --- | --- |
+| subject | dino | retrieval | ceiling | PSNR (dB) | CLIP-T | CLIP-T base | blank |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 | **mean** | **{pers['mean_dino']:.3f}** | **{pers['mean_retrieval']:.2f}** | {pers['mean_vae_dino_ceiling']:.3f} | \
-{pers['mean_vae_psnr']:.1f} | {pers['clip_t']:.3f} | {pers['clip_t_base']:.3f} |"""
+{pers['mean_vae_psnr']:.1f} | {pers['clip_t']:.3f} | {pers['clip_t_base']:.3f} | |"""
 
 
 def _hours(seconds: float) -> str:

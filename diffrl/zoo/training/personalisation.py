@@ -9,7 +9,9 @@ Per subject (``eval.personalisation.subjects[NAME]`` of the build record):
 - ``vae_dino_ceiling``: zoo-DINO cosine of each reference's VAE reconstruction to the reference (mean over
   references), i.e. the best ``dino`` any U-Net could reach through this VAE; ``vae_psnr``: PSNR (dB) of those
   reconstructions;
-- ``clip_t`` / ``clip_t_base``: CLIP-T of the personalised and of the base model on the same prompts and seeds.
+- ``clip_t`` / ``clip_t_base``: CLIP-T of the personalised and of the base model on the same prompts and seeds;
+- ``dino_blank``: zoo-DINO cosine to the references of flat images in the references' backdrop colour, the score
+  of an empty generation (on the v1 zoo 0.99 for the pale poodle: its ``dino`` and ceiling mean little).
 
 Training goes through `diffrl.training.Trainer` with the library's defaults (``method="dreambooth"``) unless
 ``PersonalisationConfig.train`` overrides them; scoring through `diffrl.evaluation.evaluate`.
@@ -90,6 +92,16 @@ def vae_ceiling(vae: AutoencoderKL, dino: ImageEncoder, subject: Subject) -> dic
     cos = paired_similarity(dino(rec).float(), dino(x).float())
     mse = ((rec - x) ** 2).flatten(1).mean(1).clamp_min(1e-10)
     return {"vae_dino_ceiling": round(cos.mean().item(), 4), "vae_psnr": round((10 * torch.log10(1 / mse)).mean().item(), 2)}
+
+
+@torch.no_grad()
+def blank_floor(dino: ImageEncoder, subject: Subject, border: int = 4) -> float:
+    """DINO cosine to the references of flat images in each reference's backdrop colour (the mean of its
+    ``border``-pixel frame): what an empty generation scores. A ``dino`` or ceiling near it says nothing."""
+    x = references(subject)
+    frame = torch.cat([x[..., :border, :].flatten(2), x[..., -border:, :].flatten(2)], dim=2).mean(2)  # [M, 3]
+    flat = frame[:, :, None, None].expand_as(x).contiguous()
+    return round(mean_reference_similarity(dino(flat).float(), dino(x).float()).mean().item(), 4)
 
 
 @torch.no_grad()
@@ -175,7 +187,7 @@ def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig
     base_report = evaluate(base, chosen, encoders, cfg.evaluation, out / "base", overwrite=True)
     subjects = {}
     for subject in chosen:
-        row = {**vae_ceiling(base.vae, encoders.dino, subject)}
+        row = {**vae_ceiling(base.vae, encoders.dino, subject), "dino_blank": blank_floor(encoders.dino, subject)}
         row["clip_t_base"] = round(next(s for s in base_report.subjects if s.name == subject.name).means["CLIP-T"], 4)
         row.update(personalise(zoo, subject, encoders, galleries, cfg, out / "runs" / subject.name))
         subjects[subject.name] = row
