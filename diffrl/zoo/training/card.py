@@ -12,6 +12,12 @@ from diffrl.zoo.training.schedule import simulate
 from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS
 
 
+def _latent_channels(weights: Path) -> int | str:
+    """Latent channels of the shipped VAE (its ``config.json``), "n/a" when it is missing."""
+    config = weights / "sd" / "vae" / "config.json"
+    return json.loads(config.read_text())["latent_channels"] if config.exists() else "n/a"
+
+
 def _mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -38,7 +44,7 @@ def write_card(weights: Path, cache: Path) -> None:
          f"stage 1 (joint, 16 px patches): contrastive loss {g('clip', 'final_loss')} after {g('clip', 'steps')} "
          f"steps; stage 2 (fresh {g('clip_vision', 'patch')} px-patch vision tower, text frozen): loss "
          f"{g('clip_vision', 'final_loss')} after {g('clip_vision', 'steps')} steps"),
-        ("VAE (AutoencoderKL, 64x64x3 -> 8x8x4)", "sd/vae", g("vae", "params"), _mb(weights / "sd" / "vae"),
+        (f"VAE (AutoencoderKL, 64x64x3 -> 8x8x{_latent_channels(weights)})", "sd/vae", g("vae", "params"), _mb(weights / "sd" / "vae"),
          _sum(g("vae", "seconds"), g("vae_decoder", "seconds")),
          f"stage 1 L1 {g('vae', 'final_l1')} (PSNR {g('vae', 'recon_psnr_db')} dB) after {g('vae', 'steps')} steps; "
          f"decoder-only stage 2: L1 {g('vae_decoder', 'final_l1')}, PSNR {g('vae_decoder', 'recon_psnr_db')} dB "

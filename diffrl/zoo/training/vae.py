@@ -1,4 +1,4 @@
-"""Train a tiny ``AutoencoderKL``: 64x64 RGB <-> 8x8x4 latents, with a measured ``scaling_factor``."""
+"""Train a tiny ``AutoencoderKL``: 64x64 RGB <-> 8x8xC latents, with a measured ``scaling_factor``."""
 
 from __future__ import annotations
 
