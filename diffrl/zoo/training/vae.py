@@ -21,7 +21,9 @@ class VAETrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels -> downsampling x8
     latent_channels: int = 4
     layers_per_block: int = 1
-    steps: int = 1400
+    # 4x v1's 1400: the stage-1 VAE was undertrained (benchmarks/zoo_v2_ablations.md, section 3: reference ceilings
+    # min 0.611 -> 0.894, world PSNR 17.47 -> 20.88 dB; 16 latent channels or 4x params at 1400 steps did not help)
+    steps: int = 5600
     batch: int = 16
     lr: float = 2e-3
     kl_weight: float = 1e-6
