@@ -38,7 +38,8 @@ class ReferenceImages:
         # kept as uint8 (4x smaller than float: hundreds of class images at 512 px fit in memory)
         self.images = [(v2.Compose(base)(pil_to_tensor(load_image(path))) * 255).round().to(torch.uint8) for path in self.paths]
         crop = [v2.RandomResizedCrop(resolution, scale=(crop_scale, 1.0), ratio=(1.0, 1.0), antialias=True)] if crop_scale < 1 else []
-        self.augment = v2.Compose([*crop, *([v2.RandomHorizontalFlip()] if random_flip else [])])
+        transforms = [*crop, *([v2.RandomHorizontalFlip()] if random_flip else [])]
+        self.augment = v2.Compose(transforms) if transforms else v2.Identity()  # Compose([]) raises
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, resolution: int, **kwargs) -> ReferenceImages:
