@@ -44,7 +44,8 @@ def write_card(weights: Path, cache: Path) -> None:
          f"stage 1 (joint, 16 px patches): contrastive loss {g('clip', 'final_loss')} after {g('clip', 'steps')} "
          f"steps; stage 2 (fresh {g('clip_vision', 'patch')} px-patch vision tower, text frozen): loss "
          f"{g('clip_vision', 'final_loss')} after {g('clip_vision', 'steps')} steps"),
-        (f"VAE (AutoencoderKL, 64x64x3 -> 8x8x{_latent_channels(weights)})", "sd/vae", g("vae", "params"), _mb(weights / "sd" / "vae"),
+        (f"VAE (AutoencoderKL, 64x64x3 -> 8x8x{_latent_channels(weights)})", "sd/vae", g("vae", "params"),
+         _mb(weights / "sd" / "vae"),
          _sum(g("vae", "seconds"), g("vae_decoder", "seconds")),
          f"stage 1 L1 {g('vae', 'final_l1')} (PSNR {g('vae', 'recon_psnr_db')} dB) after {g('vae', 'steps')} steps; "
          f"decoder-only stage 2: L1 {g('vae_decoder', 'final_l1')}, PSNR {g('vae_decoder', 'recon_psnr_db')} dB "
@@ -243,12 +244,13 @@ def _personalisation(pers: dict) -> str:
     if not pers:
         return "Not measured (no `eval.personalisation` in the build record)."
     train = pers["settings"]["train"]
+    train = train if isinstance(train, str) else f"TrainConfig {train}"
     ev = pers["settings"]["evaluation"]
     rows = "\n".join(f"| {name} | {r['dino']:.3f} | {r['retrieval']:.2f} | {r['vae_dino_ceiling']:.3f} | "
                      f"{r['vae_psnr']:.1f} | {r['clip_t']:.3f} | {r['clip_t_base']:.3f} | {r['dino_blank']:.3f} |"
                      for name, r in pers["subjects"].items())
     prompts = ev["prompts_per_subject"] or "all 25"
-    return f"""DreamBooth on each bundled subject (`diffrl.training`; {train if isinstance(train, str) else f"TrainConfig {train}"}),
+    return f"""DreamBooth on each bundled subject (`diffrl.training`; {train}),
 then the DreamBench protocol (`diffrl.evaluation`) on {prompts} prompts x {ev['images_per_prompt']} images, DDIM
 {ev['num_inference_steps']} steps, guidance {ev['guidance_scale']}, seeds from {ev['base_seed']}. `dino`: zoo-DINO
 cosine of the generations to the references; `retrieval`: fraction of generations whose nearest subject (mean

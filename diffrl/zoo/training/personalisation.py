@@ -91,7 +91,8 @@ def vae_ceiling(vae: AutoencoderKL, dino: ImageEncoder, subject: Subject) -> dic
     rec = decode_latents(vae, encode_images(vae, x)).float()
     cos = paired_similarity(dino(rec).float(), dino(x).float())
     mse = ((rec - x) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return {"vae_dino_ceiling": round(cos.mean().item(), 4), "vae_psnr": round((10 * torch.log10(1 / mse)).mean().item(), 2)}
+    psnr = (10 * torch.log10(1 / mse)).mean().item()
+    return {"vae_dino_ceiling": round(cos.mean().item(), 4), "vae_psnr": round(psnr, 2)}
 
 
 @torch.no_grad()
