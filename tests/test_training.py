@@ -277,6 +277,12 @@ def test_augmentation_is_a_function_of_seed_step_and_rank(instance_dir: Path) ->
     assert sorted(epoch) == [0, 1, 2]  # every image once per epoch
 
 
+def test_no_augmentation_returns_the_images_unchanged(instance_dir: Path) -> None:
+    data = ReferenceImages.from_folder(instance_dir, 16, random_flip=False, crop_scale=1.0)
+    indices = data.indices(0, 2, seed=0)
+    assert torch.equal(data.batch(0, 2, seed=0), data.stacked[indices])
+
+
 def test_class_images_are_generated_once_and_reused(tmp_path: Path) -> None:
     calls = []
 

@@ -12,11 +12,13 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTextModel
 
+from diffrl.evaluation import EvaluationConfig
 from diffrl.zoo.registry import DINOSpec
 from diffrl.zoo.training.build import ZooBuildConfig, run_stage
 from diffrl.zoo.training.clip import CLIPTrainConfig
 from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, written_atomically
 from diffrl.zoo.training.dino import DINOTrainConfig
+from diffrl.zoo.training.personalisation import PersonalisationConfig
 from diffrl.zoo.training.schedule import run_parallel, simulate
 from diffrl.zoo.training.unet import UNetTrainConfig
 from diffrl.zoo.training.vae import VAETrainConfig
@@ -108,6 +110,9 @@ def toy_build(tmp_path) -> ZooBuildConfig:
         dino=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6, seed=0),
         dino_eval=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6,
                                   seed=1),
+        personalisation=PersonalisationConfig(
+            train={"max_steps": 2}, milestones=(1,), subjects=("poodle", "racing_car"),
+            evaluation=EvaluationConfig(images_per_prompt=1, num_inference_steps=2, prompts_per_subject=2)),
     )
 
 
@@ -139,6 +144,16 @@ def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(
     vit = DINOSpec.from_dir(cfg.weights / "dino").create()
     assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 24)
     assert (cfg.subjects / "prompts_and_classes.txt").exists()
+    pers = json.loads((cfg.weights / "build_record.json").read_text())["eval"]["personalisation"]
+    assert sorted(pers["subjects"]) == ["poodle", "racing_car"]
+    for row in pers["subjects"].values():
+        assert {"dino", "retrieval", "vae_dino_ceiling", "vae_psnr"} <= set(row)
+        assert -1 <= row["dino"] <= 1 and 0 <= row["retrieval"] <= 1 and -1 <= row["vae_dino_ceiling"] <= 1
+        assert [p["step"] for p in row["curve"]] == [1, 2]  # scored at the milestone and at the end
+    assert pers["mean_dino"] == pytest.approx(sum(r["dino"] for r in pers["subjects"].values()) / 2, abs=1e-4)
+    card_lines = (cfg.weights / "README.md").read_text().splitlines()
+    assert any(line.startswith("| poodle | ") for line in card_lines)  # the personalisation table's row
+    assert any(line.startswith("- DreamBooth (library defaults) mean DINO:") for line in card_lines)
     assert "estimated (stages were rebuilt separately)" in (cfg.weights / "README.md").read_text()
     cfg.record_path("build").write_text(json.dumps({"build": {"jobs": 2, "threads": 1, "wall_seconds": 5000.0}}))
     run_stage("card", cfg)  # after a whole build the card reports its measured wall time

@@ -48,7 +48,8 @@ class ReferenceImages:
                 )
             self.images.append((base(pil_to_tensor(image)) * 255).round().to(torch.uint8))
         crop = [v2.RandomResizedCrop(resolution, scale=(crop_scale, 1.0), ratio=(1.0, 1.0), antialias=True)] if crop_scale < 1 else []
-        self.augment = v2.Compose([*crop, *([v2.RandomHorizontalFlip()] if random_flip else [])])
+        transforms = [*crop, *([v2.RandomHorizontalFlip()] if random_flip else [])]
+        self.augment = v2.Compose(transforms) if transforms else v2.Identity()  # Compose([]) raises
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, resolution: int, **kwargs) -> ReferenceImages:

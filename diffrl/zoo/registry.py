@@ -52,5 +52,10 @@ def load(name: str = "emoji") -> ZooPaths:
     root = WEIGHTS_ROOT / name
     if not (root / "sd" / "model_index.json").exists():
         raise FileNotFoundError(f"zoo {name!r} not found under {WEIGHTS_ROOT}; rebuild it with `python scripts/build_zoo.py`")
-    return ZooPaths(name, root / "sd", DINOSpec.from_dir(root / "dino"), DINOSpec.from_dir(root / "dino_eval"),
-                    root / "clip", SUBJECTS_ROOT)
+    return zoo_paths(root)
+
+
+def zoo_paths(root: Path, subjects: Path = SUBJECTS_ROOT) -> ZooPaths:
+    """Paths of the zoo folder ``root`` (``sd/``, ``dino/``, ``dino_eval/``, ``clip/``) and a subjects folder."""
+    return ZooPaths(root.name, root / "sd", DINOSpec.from_dir(root / "dino"), DINOSpec.from_dir(root / "dino_eval"),
+                    root / "clip", subjects)

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffrl.io import atomic_write_text
+from diffrl.zoo.registry import zoo_paths
 from diffrl.zoo.subjects import write_subjects
 from diffrl.zoo.training.card import write_card
 from diffrl.zoo.training.clip import CLIPTrainConfig, refine_clip_vision, train_clip
 from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, stage_timer, world_data
 from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 from diffrl.zoo.training.evaluate import evaluate_zoo
+from diffrl.zoo.training.personalisation import PersonalisationConfig, measure_personalisation
 from diffrl.zoo.training.unet import UNetTrainConfig, train_unet
 from diffrl.zoo.training.vae import VAETrainConfig, refine_decoder, train_vae
 
@@ -36,6 +38,7 @@ class ZooBuildConfig:
     unet: UNetTrainConfig = field(default_factory=UNetTrainConfig)
     dino: DINOTrainConfig = field(default_factory=lambda: DINOTrainConfig(seed=0))
     dino_eval: DINOTrainConfig = field(default_factory=lambda: DINOTrainConfig(seed=1))
+    personalisation: PersonalisationConfig = field(default_factory=PersonalisationConfig)
 
     @property
     def clip_joint(self) -> Path:
@@ -96,6 +99,9 @@ def _run(stage: str, cfg: ZooBuildConfig) -> dict:
     if stage == "subjects":
         return write_subjects(cfg.subjects)
     if stage == "eval":
-        return evaluate_zoo(cfg.weights, cfg.cache)
+        record = evaluate_zoo(cfg.weights, cfg.cache)
+        record["personalisation"] = measure_personalisation(
+            zoo_paths(cfg.weights, cfg.subjects), cfg.cache / "personalisation", cfg.personalisation)
+        return record
     write_card(cfg.weights, cfg.cache)
     return {}

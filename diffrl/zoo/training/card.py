@@ -12,6 +12,12 @@ from diffrl.zoo.training.schedule import simulate
 from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS
 
 
+def _latent_channels(weights: Path) -> int | str:
+    """Latent channels of the shipped VAE (its ``config.json``), "n/a" when it is missing."""
+    config = weights / "sd" / "vae" / "config.json"
+    return json.loads(config.read_text())["latent_channels"] if config.exists() else "n/a"
+
+
 def _mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -38,7 +44,8 @@ def write_card(weights: Path, cache: Path) -> None:
          f"stage 1 (joint, 16 px patches): contrastive loss {g('clip', 'final_loss')} after {g('clip', 'steps')} "
          f"steps; stage 2 (fresh {g('clip_vision', 'patch')} px-patch vision tower, text frozen): loss "
          f"{g('clip_vision', 'final_loss')} after {g('clip_vision', 'steps')} steps"),
-        ("VAE (AutoencoderKL, 64x64x3 -> 8x8x4)", "sd/vae", g("vae", "params"), _mb(weights / "sd" / "vae"),
+        (f"VAE (AutoencoderKL, 64x64x3 -> 8x8x{_latent_channels(weights)})", "sd/vae", g("vae", "params"),
+         _mb(weights / "sd" / "vae"),
          _sum(g("vae", "seconds"), g("vae_decoder", "seconds")),
          f"stage 1 L1 {g('vae', 'final_l1')} (PSNR {g('vae', 'recon_psnr_db')} dB) after {g('vae', 'steps')} steps; "
          f"decoder-only stage 2: L1 {g('vae_decoder', 'final_l1')}, PSNR {g('vae_decoder', 'recon_psnr_db')} dB "
@@ -131,6 +138,10 @@ generations to the subject's references vs. mean cosine among the references):
 | --- | --- | --- | --- |
 {leak_rows}
 
+## Personalisation
+
+{_personalisation(rec.get("eval", {}).get("personalisation", {}))}
+
 ## Acceptance targets
 
 {_targets(rec, build_time)}
@@ -213,10 +224,47 @@ def _targets(rec: dict, build_time: BuildTime) -> str:
     if leak:
         ok = all(v["gen_to_ref"] < v["ref_to_ref"] - 0.05 for d in leak.values() for v in d.values())
         line("no leak (generation-to-reference DINO sim below reference-to-reference)", "see table", "clearly below", ok)
+    pers = ev.get("personalisation", {})
+    if pers:
+        line("DreamBooth (library defaults) mean DINO", pers["mean_dino"], ">= 0.6", pers["mean_dino"] >= 0.6)
+        line("DreamBooth mean retrieval", pers["mean_retrieval"], ">= 0.8", pers["mean_retrieval"] >= 0.8)
+        gap = round(pers["clip_t"] - pers["clip_t_base"], 4)
+        line("CLIP-T personalised minus base", gap, "within 0.03", abs(gap) <= 0.03)
+        line("VAE DINO ceiling, worst subject", pers["min_vae_dino_ceiling"], ">= 0.85",
+             pers["min_vae_dino_ceiling"] >= 0.85)
+        line("VAE PSNR of the references, mean (dB)", pers["mean_vae_psnr"], ">= 25", pers["mean_vae_psnr"] >= 25)
     kind = "measured" if build_time.measured else "`--jobs 2` schedule of the recorded stage times"
     line(f"whole build on the 2-core CPU ({kind})", _hours(build_time.seconds), "<= 90 min",
          build_time.seconds <= 90 * 60)
     return "\n".join(lines)
+
+
+def _personalisation(pers: dict) -> str:
+    """The ``eval.personalisation`` figures as a paragraph and a per-subject table (empty record: a note)."""
+    if not pers:
+        return "Not measured (no `eval.personalisation` in the build record)."
+    train = pers["settings"]["train"]
+    train = train if isinstance(train, str) else f"TrainConfig {train}"
+    ev = pers["settings"]["evaluation"]
+    rows = "\n".join(f"| {name} | {r['dino']:.3f} | {r['retrieval']:.2f} | {r['vae_dino_ceiling']:.3f} | "
+                     f"{r['vae_psnr']:.1f} | {r['clip_t']:.3f} | {r['clip_t_base']:.3f} | {r['dino_blank']:.3f} |"
+                     for name, r in pers["subjects"].items())
+    prompts = ev["prompts_per_subject"] or "all 25"
+    return f"""DreamBooth on each bundled subject (`diffrl.training`; {train}),
+then the DreamBench protocol (`diffrl.evaluation`) on {prompts} prompts x {ev['images_per_prompt']} images, DDIM
+{ev['num_inference_steps']} steps, guidance {ev['guidance_scale']}, seeds from {ev['base_seed']}. `dino`: zoo-DINO
+cosine of the generations to the references; `retrieval`: fraction of generations whose nearest subject (mean
+zoo-DINO cosine to its references) among all bundled subjects is the right one; `ceiling`: zoo-DINO cosine of each
+reference's VAE reconstruction to the reference (the best `dino` this VAE allows), `PSNR` of those reconstructions;
+CLIP-T of the personalised and of the base model on the same prompts and seeds; `blank`: zoo-DINO cosine of a
+flat image in the references' backdrop colour to the references, i.e. what an empty generation scores (a `dino` or
+ceiling near it says nothing about identity). `benchmarks/zoo_personalisation.py` reruns it.
+
+| subject | dino | retrieval | ceiling | PSNR (dB) | CLIP-T | CLIP-T base | blank |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+| **mean** | **{pers['mean_dino']:.3f}** | **{pers['mean_retrieval']:.2f}** | {pers['mean_vae_dino_ceiling']:.3f} | \
+{pers['mean_vae_psnr']:.1f} | {pers['clip_t']:.3f} | {pers['clip_t_base']:.3f} | |"""
 
 
 def _hours(seconds: float) -> str:

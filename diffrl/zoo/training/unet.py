@@ -37,10 +37,12 @@ class UNetTrainConfig:
     seed: int = 0
 
 
-def make_unet(cfg: UNetTrainConfig, cross_dim: int) -> UNet2DConditionModel:
+def make_unet(cfg: UNetTrainConfig, cross_dim: int, latent_channels: int = 4) -> UNet2DConditionModel:
+    """The U-Net over ``[B, latent_channels, 8, 8]`` latents (the VAE's ``latent_channels``)."""
     n = len(cfg.channels)
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=cfg.channels, layers_per_block=1,
+        sample_size=8, in_channels=latent_channels, out_channels=latent_channels, block_out_channels=cfg.channels,
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=cross_dim, attention_head_dim=cfg.heads, norm_num_groups=32,
     )
@@ -56,7 +58,7 @@ def text_encoder_from_clip(clip_dir: Path) -> tuple[CLIPTextModel, CLIPTokenizer
 
 @torch.no_grad()
 def encode_latents(vae: AutoencoderKL, data: WorldData, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image: two ``[N, 4, 8, 8]`` tensors (unscaled)."""
+    """Posterior mean and std of every image: two ``[N, C, 8, 8]`` tensors (unscaled, C = latent channels)."""
     means, stds = [], []
     for i in range(0, len(data.images), batch):
         dist = vae.encode(data.tensor(np.arange(i, min(i + batch, len(data.images)))) * 2 - 1).latent_dist
@@ -89,7 +91,7 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
     cap_idx = torch.tensor([uniq.index(c) for c in data.captions]) if len(uniq) < 5000 else None
     embeds = embed_captions(text, tok, uniq + [""])
     empty = len(uniq)
-    unet = make_unet(cfg, text.config.hidden_size)
+    unet = make_unet(cfg, text.config.hidden_size, vae.config.latent_channels)
     ema = copy.deepcopy(unet).requires_grad_(False)
     noise_sched = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"})
     abar = noise_sched.alphas_cumprod

@@ -1,4 +1,4 @@
-"""Train a tiny ``AutoencoderKL``: 64x64 RGB <-> 8x8x4 latents, with a measured ``scaling_factor``."""
+"""Train a tiny ``AutoencoderKL``: 64x64 RGB <-> 8x8xC latents, with a measured ``scaling_factor``."""
 
 from __future__ import annotations
 
@@ -10,15 +10,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from torch import nn
 
 from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, optimizer_step, seed_all, written_atomically
+from diffrl.zoo.training.dino import normalize as dino_normalize
 
 
 @dataclass
 class VAETrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels -> downsampling x8
     latent_channels: int = 4
-    steps: int = 1400
+    layers_per_block: int = 1
+    # 4x v1's 1400: the stage-1 VAE was undertrained (benchmarks/zoo_v2_ablations.md, section 3: reference ceilings
+    # min 0.611 -> 0.894, world PSNR 17.47 -> 20.88 dB; 16 latent channels or 4x params at 1400 steps did not help)
+    steps: int = 5600
     batch: int = 16
     lr: float = 2e-3
     kl_weight: float = 1e-6
@@ -27,6 +32,9 @@ class VAETrainConfig:
     full_res_frac: float = 0.1  # ... except for the last 10% of steps, at full 64x64
     decoder_steps: int = 800  # second stage: decoder-only refinement at 64x64 (latent space unchanged)
     decoder_lr: float = 1e-3
+    # decoder stage: weight of 1 - cosine of DINO CLS features of reconstruction and image (a perceptual loss that
+    # keeps what identifies a subject); 0 turns it off, > 0 needs a DINO ViT (the build's `dino` stage)
+    dino_weight: float = 0.0
     seed: int = 0
 
 
@@ -35,7 +43,7 @@ def make_vae(cfg: VAETrainConfig) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=cfg.latent_channels, block_out_channels=cfg.channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1, norm_num_groups=8, sample_size=64,
+        layers_per_block=cfg.layers_per_block, norm_num_groups=8, sample_size=64,
     )
 
 
@@ -104,9 +112,23 @@ def recon_psnr(vae: AutoencoderKL, data: WorldData, n: int = 512) -> float:
     return round(float(10 * np.log10(1.0 / mse)), 2)
 
 
-def refine_decoder(data: WorldData, vae_dir: Path, out_dir: Path, cfg: VAETrainConfig = VAETrainConfig()) -> dict:
+def dino_loss(dino: nn.Module, rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` of the DINO CLS features of ``rec`` and ``x`` (images ``[B, 3, 64, 64]`` in [-1, 1])."""
+    f = lambda im: dino(dino_normalize((im.clamp(-1, 1) + 1) / 2))  # noqa: E731
+    with torch.no_grad():
+        target = f(x)
+    return (1 - F.cosine_similarity(f(rec), target, dim=-1)).mean()
+
+
+def refine_decoder(data: WorldData, vae_dir: Path, out_dir: Path, cfg: VAETrainConfig = VAETrainConfig(),
+                   dino: nn.Module | None = None) -> dict:
     """Second VAE stage: train only the decoder of the VAE in ``vae_dir`` (frozen encoder, so latents and
-    ``scaling_factor`` stay fixed) and save it to ``out_dir``."""
+    ``scaling_factor`` stay fixed) and save it to ``out_dir``. With ``cfg.dino_weight > 0`` the loss adds
+    ``dino_weight * dino_loss`` with the frozen ViT ``dino`` (timm, 64 px input)."""
+    if cfg.dino_weight > 0 and dino is None:
+        raise ValueError("VAETrainConfig.dino_weight > 0 needs a DINO ViT: pass dino= (the build passes its `dino`)")
+    if dino is not None:
+        dino.eval().requires_grad_(False)
     gen = seed_all(cfg.seed + 1)
     vae = AutoencoderKL.from_pretrained(vae_dir)
     vae.requires_grad_(False)
@@ -119,7 +141,10 @@ def refine_decoder(data: WorldData, vae_dir: Path, out_dir: Path, cfg: VAETrainC
         x = data.tensor(torch.randint(n, (cfg.batch,), generator=gen).numpy()) * 2 - 1
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=gen)
-        loss, l1 = _recon_loss(vae.decode(z).sample, x, cfg.grad_weight)
+        rec = vae.decode(z).sample
+        loss, l1 = _recon_loss(rec, x, cfg.grad_weight)
+        if cfg.dino_weight > 0:
+            loss = loss + cfg.dino_weight * dino_loss(dino, rec, x)
         optimizer_step(opt, loss, dec, cosine_lr(step, cfg.decoder_steps, cfg.decoder_lr, warmup=20))
         losses.append(l1.item())
         if step % 100 == 0 or step == cfg.decoder_steps - 1:

@@ -1,0 +1,107 @@
+"""The personalisation measurement of the zoo: retrieval, VAE ceiling, settings and the model card's table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from diffrl.evaluation import Subject
+from diffrl.zoo.training.card import _personalisation, _targets
+from diffrl.zoo.training.personalisation import (
+    PersonalisationConfig,
+    blank_floor,
+    retrieval,
+    settings,
+    vae_ceiling,
+)
+
+
+def flat(images: torch.Tensor) -> torch.Tensor:
+    """A stand-in image encoder: the flattened pixels (cosine = pixel cosine)."""
+    return images.flatten(1)
+
+
+def test_retrieval_counts_generations_nearest_to_the_right_subject():
+    red, blue = torch.zeros(3, 3, 4, 4), torch.zeros(3, 3, 4, 4)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    galleries = {"red": flat(red), "blue": flat(blue)}
+    generated = torch.cat([red[:3], blue[:1]])  # three red, one blue
+    assert retrieval(flat, generated, galleries, "red") == pytest.approx(0.75)
+    assert retrieval(flat, generated, galleries, "blue") == pytest.approx(0.25)
+
+
+def _subject(tmp_path, images: torch.Tensor) -> Subject:
+    paths = []
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(path)
+        paths.append(path)
+    return Subject("thing", "dog", True, tuple(paths), ("a sks dog",), "sks")
+
+
+def test_vae_ceiling_is_the_cosine_and_psnr_of_the_reconstructions(tmp_path):
+    torch.manual_seed(0)
+    refs = torch.rand(2, 3, 16, 16)
+    subject = _subject(tmp_path, refs)
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, latent_channels=4).eval()
+    got = vae_ceiling(vae, flat, subject)
+    x = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255
+                     for p in subject.image_paths])
+    with torch.no_grad():
+        rec = ((vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+    cos = torch.cosine_similarity(flat(rec), flat(x), dim=-1).mean().item()
+    psnr = (10 * torch.log10(1 / ((rec - x) ** 2).flatten(1).mean(1))).mean().item()
+    assert got["vae_dino_ceiling"] == pytest.approx(cos, abs=1e-4)
+    assert got["vae_psnr"] == pytest.approx(psnr, abs=0.01)
+    assert got["vae_psnr"] < 20  # a random VAE reconstructs badly: the measurement does not flatter it
+
+
+def test_blank_floor_is_what_an_empty_image_in_the_backdrop_colour_scores(tmp_path):
+    empty = torch.full((2, 3, 16, 16), 0.8)
+    assert blank_floor(flat, _subject(tmp_path / "a", empty)) == pytest.approx(1.0, abs=1e-3)
+    glyph = empty.clone()
+    glyph[:, :, 4:12, 4:12] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)  # a red square on the backdrop
+    assert blank_floor(flat, _subject(tmp_path / "b", glyph)) < 0.95
+
+
+def test_only_dreambooth_is_measured_and_generations_are_kept():
+    with pytest.raises(ValueError, match="DreamBooth"):
+        PersonalisationConfig(train={"method": "dpg"})
+    cfg = PersonalisationConfig(train={"lr_actor": 1e-4})
+    assert cfg.evaluation.save_images  # retrieval reads the saved generations back
+    assert json.loads(json.dumps(settings(cfg)))["train"] == {"lr_actor": 1e-4}
+    assert "library defaults" in settings(PersonalisationConfig())["train"]
+
+
+def _record(dino: float, ceiling: float) -> dict:
+    row = {"dino": dino, "retrieval": 0.9, "vae_dino_ceiling": ceiling, "vae_psnr": 26.0, "clip_t": 0.6,
+           "clip_t_base": 0.62, "dino_blank": 0.1}
+    return {"subjects": {"poodle": row, "racing_car": {**row, "vae_dino_ceiling": 0.5}}, "mean_dino": dino,
+            "mean_retrieval": 0.9, "clip_t": 0.6, "clip_t_base": 0.62, "mean_vae_dino_ceiling": (ceiling + 0.5) / 2,
+            "min_vae_dino_ceiling": 0.5, "mean_vae_psnr": 26.0, "settings": settings(PersonalisationConfig())}
+
+
+def test_the_card_shows_the_table_and_judges_the_targets():
+    pers = _record(0.65, 0.98)
+    table = _personalisation(pers)
+    assert "| poodle | 0.650 | 0.90 | 0.980 | 26.0 | 0.600 | 0.620 | 0.100 |" in table
+    assert "| racing_car | 0.650 | 0.90 | 0.500 |" in table
+    assert "library defaults" in table
+    from diffrl.zoo.training.card import BuildTime
+
+    lines = _targets({"eval": {"personalisation": pers}}, BuildTime(60.0, True, "")).splitlines()
+    verdict = {line.split(":")[0].lstrip("- "): line.endswith("**met**") for line in lines}
+    assert verdict["DreamBooth (library defaults) mean DINO"]
+    assert verdict["DreamBooth mean retrieval"]
+    assert verdict["CLIP-T personalised minus base"]
+    assert not verdict["VAE DINO ceiling, worst subject"]  # racing_car 0.5 < 0.85
+    low = _targets({"eval": {"personalisation": _record(0.29, 0.98)}}, BuildTime(60.0, True, ""))
+    assert "mean DINO: 0.29 (target >= 0.6): **MISSED**" in low
+    assert "Not measured" in _personalisation({})
