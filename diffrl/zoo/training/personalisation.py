@@ -124,7 +124,7 @@ def _train_config(zoo: ZooPaths, subject: Subject, out: Path, overrides: dict[st
 
     fields = dict(pretrained=str(zoo.sd), instance_dir=str(Path(subject.image_paths[0]).parent),
                   instance_prompt=subject.instance_prompt, class_prompt=f"a {subject.class_noun}",
-                  identifier=subject.identifier, output_dir=str(out))
+                  identifier=subject.identifier, output_dir=str(out), overwrite=True)  # a measurement starts afresh
     return TrainConfig(**{**fields, **overrides, "method": "dreambooth"})
 
 
