@@ -11,7 +11,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
-from diffrl.objectives.dpg import DPGLoss
+from diffrl.objectives.dpg import DPGLoss, r_squared
 from diffrl.objectives.weighting import actor_weight
 from diffrl.rewards import RewardInputs
 
@@ -29,9 +29,7 @@ def band_r2(loss: DPGLoss, group: TensorDictBase) -> dict[int, float]:
         chosen = bands == band
         if chosen.sum() < 2:
             continue
-        target = target_norm[chosen]
-        total = (target - target.mean()).pow(2).sum()
-        scores[int(band)] = float(1 - (q_norm[chosen] - target).pow(2).sum() / total)
+        scores[int(band)] = float(r_squared(q_norm[chosen], target_norm[chosen]))
     return scores
 
 
