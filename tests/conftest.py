@@ -58,3 +58,13 @@ def dreambench_root() -> Path:
     if not DREAMBENCH.is_dir():
         pytest.fail(f"DreamBench data not found at {DREAMBENCH}; it is expected beside the checkout in shared/.")
     return DREAMBENCH
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a loaded 2-core machine are ~100x slower.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,12 +31,7 @@ def components(base) -> SDComponents:
     return private_copy(base)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_dpg(components, config: DPGConfig, reward=None, seed: int = 0, critic_states: int = B,

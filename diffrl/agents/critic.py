@@ -168,9 +168,13 @@ class QCritic(nn.Module):
         x0: Tensor | None = None,
     ) -> Tensor:
         """x_t, a, x0_hat, x0 ``[B, C, h, w]``; timestep ``[B]`` int; prompt_embeds ``[B, L, D]`` -> Q ``[B]``."""
+        return self.denormalize(self.normalized(latents, timestep, prompt_embeds, action, x0_hat, x0), timestep)
+
+    def denormalize(self, values: Tensor, timestep: Tensor) -> Tensor:
+        """Values ``[B]`` in their band's normalised units back in reward units (inverse of `normalize`)."""
         band = self.band(timestep)
         mean, std = self.statistics()
-        return mean[band] + std[band] * self.normalized(latents, timestep, prompt_embeds, action, x0_hat, x0)
+        return mean[band] + std[band] * values
 
     def normalize(self, values: Tensor, timestep: Tensor) -> Tensor:
         """Values (e.g. TD targets) ``[B]`` in their band's normalised units."""

@@ -101,9 +101,7 @@ class RewardBackpropLoss(DiffusionLoss):
             eps_mse = self.eps_mse(self.regression_actor(noised))
             loss = loss + self.config.eps_weight * eps_mse
             out["eps_mse"] = metric(eps_mse)
-        prior_mse = self.prior_mse(batch) if self.config.prior_weight > 0 else None
-        if prior_mse is not None:
-            loss = loss + self.config.prior_weight * prior_mse
-            out["prior_mse"] = metric(prior_mse)
+        if self.config.prior_weight > 0:
+            loss = self.add_prior(loss, batch, out, self.config.prior_weight)
         out["loss_actor"] = loss
         return TensorDict(out, batch_size=[])

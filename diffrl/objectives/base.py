@@ -111,6 +111,15 @@ class DiffusionLoss(LossModule):
         state = self.regression_actor(self.noised_state(prior["x0"], prior["prompt_embeds"], negative))
         return self.eps_mse(state)
 
+    def add_prior(self, loss_actor: Tensor, batch: TensorDictBase, out: dict[str, Tensor], weight: float) -> Tensor:
+        """``loss_actor + weight * prior_mse`` when the batch has a prior batch (logging ``out["prior_mse"]``),
+        else ``loss_actor`` unchanged."""
+        prior_mse = self.prior_mse(batch)
+        if prior_mse is None:
+            return loss_actor
+        out["prior_mse"] = metric(prior_mse)
+        return loss_actor + weight * prior_mse
+
     def _reference_env(self) -> DenoisingEnv:
         if self.reference_env is None:
             raise ValueError(f"{type(self).__name__} needs a reference-mode env to noise x0: pass `reference_env`.")

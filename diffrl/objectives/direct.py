@@ -109,9 +109,5 @@ class DirectRewardLoss(DiffusionLoss):
         weight = actor_weight(self.config.actor_weighting, timestep, abar, self.config.gamma)
         loss_actor = eps_mse - self.config.lam * (weight.to(reward) * reward).mean()
         out = {"eps_mse": metric(eps_mse), "reward_policy": metric(reward)}
-        prior_mse = self.prior_mse(batch)
-        if prior_mse is not None:
-            loss_actor = loss_actor + self.config.prior_weight * prior_mse
-            out["prior_mse"] = metric(prior_mse)
-        out["loss_actor"] = loss_actor
+        out["loss_actor"] = self.add_prior(loss_actor, batch, out, self.config.prior_weight)
         return TensorDict(out, batch_size=[])

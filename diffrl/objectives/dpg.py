@@ -327,8 +327,8 @@ class DPGLoss(DiffusionLoss):
         td = nn.functional.mse_loss(q_norm, target_norm)
         q_pairs, y_pairs = q_norm.view(n, k1), target_norm.view(n, k1)
         paired = nn.functional.mse_loss(q_pairs[:, 1:] - q_pairs[:, :1], y_pairs[:, 1:] - y_pairs[:, :1])
-        with torch.no_grad():
-            q_value = self.q_value(self.critic_params, rows, rows["action"])
+        with torch.no_grad(), self.critic_params.to_module(self.critic, preserve_module_state=False):
+            q_value = self.critic.denormalize(q_norm.detach(), rows["timestep"])  # Q without a second forward
         return TensorDict(
             {
                 "loss_critic": td + self.config.pair_weight * paired,
@@ -378,11 +378,7 @@ class DPGLoss(DiffusionLoss):
             lam=torch.tensor(lam),
             eps_mse=metric(eps_mse),
         )
-        prior_mse = self.prior_mse(batch)
-        if prior_mse is not None:
-            loss_actor = loss_actor + self.config.prior_weight * prior_mse
-            out["prior_mse"] = metric(prior_mse)
-        out["loss_actor"] = loss_actor
+        out["loss_actor"] = self.add_prior(loss_actor, batch, out, self.config.prior_weight)
         return TensorDict(out, batch_size=[])
 
     # ----------------------------------------------------------- checkpoint

@@ -47,9 +47,6 @@ class DreamBoothLoss(DiffusionLoss):
         self.check_batch(batch)
         state = self.actor(self.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"]))
         eps_mse = self.eps_mse(state)
-        out = {"loss_actor": eps_mse, "eps_mse": metric(eps_mse)}
-        prior_mse = self.prior_mse(batch)
-        if prior_mse is not None:
-            out["loss_actor"] = eps_mse + self.config.prior_weight * prior_mse
-            out["prior_mse"] = metric(prior_mse)
+        out = {"eps_mse": metric(eps_mse)}
+        out["loss_actor"] = self.add_prior(eps_mse, batch, out, self.config.prior_weight)
         return TensorDict(out, batch_size=[])
