@@ -1,7 +1,7 @@
 """Does DPG's critic learn? Train DPG on the emoji zoo with the DINO reward at the library's defaults, then score its
 critic on held-out transitions per timestep band.
 
-    python benchmarks/critic_probe.py --json runs/critic_probe.json          # the acceptance run (zoo, poodle)
+    python benchmarks/critic_probe.py --json runs/critic_probe.json          # the acceptance run (zoo, guide_dog)
     python benchmarks/critic_probe.py --tiny --steps 4 --json /tmp/probe.json  # tiny RANDOM models: a smoke run
 
 The run is `diffrl.training.Trainer` with ``method="dpg"``, ``rewards={"dino": 1}`` and every critic setting at its
@@ -58,7 +58,7 @@ class ProbeConfig:
     """
 
     json: Path
-    subject: str = "poodle"
+    subject: str = "guide_dog"
     steps: int = 200
     lr_actor: float = 1e-4
     heldout_states: int = 512

@@ -104,7 +104,7 @@ def main() -> None:
         from diffrl.zoo.registry import load
 
         zoo = load("emoji")
-        args.pretrained, args.instance_dir = str(zoo.sd), zoo.subjects / "poodle"
+        args.pretrained, args.instance_dir = str(zoo.sd), zoo.subjects / "guide_dog"
         dino = dict(dino_weights=str(zoo.dino.file), dino_arch=zoo.dino.model_name, dino_kwargs=zoo.dino.kwargs)
     if args.pretrained is None:
         print("tiny random models: figures show framework overhead, not Stable Diffusion cost")

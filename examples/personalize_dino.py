@@ -1,6 +1,6 @@
 """Personalize a diffusion model with DPG + look-forward + DINO rewards, then plot before/after and the reward curve.
 
-    python examples/personalize_dino.py                       # bundled emoji zoo, subject "poodle", CPU-sized
+    python examples/personalize_dino.py                       # bundled emoji zoo, subject "guide_dog", CPU-sized
     accelerate launch --multi_gpu --num_processes 2 examples/personalize_dino.py   # 2 processes (gloo on CPU)
     python examples/personalize_dino.py --resume auto        # continue an interrupted run (or start one)
     python examples/personalize_dino.py --pretrained CompVis/stable-diffusion-v1-4 --instance-dir DIR \
@@ -30,7 +30,7 @@ from diffrl.training import ConfigError, TrainConfig, Trainer  # noqa: E402
 from diffrl.training.cli import add_train_arguments, config_from_args  # noqa: E402
 from diffrl.training.history import read_history  # noqa: E402
 
-DEFAULT_SUBJECT = "poodle"
+DEFAULT_SUBJECT = "guide_dog"
 
 
 def zoo_defaults(subject: str) -> dict:

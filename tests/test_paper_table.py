@@ -103,12 +103,12 @@ def test_tiny_run_writes_table_and_reruns_identically(paper_table, tmp_path: Pat
     assert rows["dreambooth"]["vs_dreambooth"]["DINO"] == 0.0
     first = (tmp_path / "table.json").read_text()
     for method in ("oracle_dino", "lookforward_direct"):
-        run = tmp_path / "runs" / method / "poodle" / "seed1"
+        run = tmp_path / "runs" / method / "guide_dog" / "seed1"
         assert (run / "model" / "model_index.json").is_file()
         assert rows[method]["paired"]["dreambooth"]["DINO"]["n"] == 2 and "dpg_lambda0" in rows[method]["paired"]
-    trained = trained_config(tmp_path / "runs" / "oracle_dino" / "poodle" / "seed0")
+    trained = trained_config(tmp_path / "runs" / "oracle_dino" / "guide_dog" / "seed0")
     assert (trained["method"], trained["lam"], trained["actor_weighting"]) == ("direct_reward", 0.5, "snr")
-    assert trained_config(tmp_path / "runs" / "dpg_lambda0" / "poodle" / "seed0")["lam"] == 0.0
+    assert trained_config(tmp_path / "runs" / "dpg_lambda0" / "guide_dog" / "seed0")["lam"] == 0.0
     text = (tmp_path / "table.md").read_text()
     assert "MEANINGLESS" in text and "Paired differences" in text and (tmp_path / "table.png").stat().st_size > 0
     paper_table.run(paper_table.parse_args(argv))  # resumes: every run is read back

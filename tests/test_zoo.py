@@ -83,6 +83,37 @@ def test_weights_load_offline_and_generate(monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
+def test_an_identifier_goes_in_front_of_the_noun():
+    from diffrl.zoo.world import with_identifier
+
+    assert with_identifier("a red teddy bear in the snow", "teddy bear", "sks") == "a red sks teddy bear in the snow"
+    assert with_identifier("a dog", "dog", "zwx") == zoo.caption("dog", identifier="zwx")
+    with pytest.raises(ValueError, match="does not name 'cat'"):
+        with_identifier("a dog", "cat", "sks")
+
+
+def test_a_fraction_of_pretraining_captions_gets_an_identifier_word():
+    from diffrl.zoo.training.common import with_identifiers
+    from diffrl.zoo.world import IDENTIFIER_POOL
+
+    captions, nouns = ["a red dog in the snow"] * 2000, ["dog"] * 2000
+    tagged = with_identifiers(captions, nouns, 0.1, torch.Generator().manual_seed(0))
+    changed = [t for t in tagged if t != captions[0]]
+    assert 150 < len(changed) < 250
+    assert {t.split()[2] for t in changed} == set(IDENTIFIER_POOL)
+    assert tagged == with_identifiers(captions, nouns, 0.1, torch.Generator().manual_seed(0))
+    assert with_identifiers(captions[:5], nouns[:5], 0.0, torch.Generator()) == captions[:5]
+
+
+def test_every_identifier_word_is_one_token_of_the_shipped_tokenizer():
+    from transformers import CLIPTokenizer
+
+    from diffrl.zoo.world import IDENTIFIER_POOL
+
+    tok = CLIPTokenizer.from_pretrained(zoo.load("emoji").sd / "tokenizer")
+    assert all(len(tok(f"a {word} dog").input_ids) == 5 for word in IDENTIFIER_POOL)
+
+
 def test_sd_text_encoder_is_the_frozen_clip_text_tower():
     from safetensors.torch import load_file
 

@@ -105,13 +105,13 @@ def toy_build(tmp_path) -> ZooBuildConfig:
         weights=tmp_path / "weights", cache=tmp_path / "cache", subjects=tmp_path / "subjects", world_scenes=48,
         clip=CLIPTrainConfig(hidden=32, layers=1, heads=2, projection_dim=16, steps=2, batch=8, vision_patch=16,
                              vision_steps=2, recon_images=8),
-        vae=VAETrainConfig(channels=(8, 8, 8, 8), steps=2, batch=4, decoder_steps=2),
+        vae=VAETrainConfig(channels=(8, 8, 8, 8), steps=2, batch=4),  # no decoder stage, as the build's default
         unet=UNetTrainConfig(channels=(32, 32, 32), steps=2, batch=4),
         dino=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6, seed=0),
         dino_eval=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6,
                                   seed=1),
         personalisation=PersonalisationConfig(
-            train={"max_steps": 2}, milestones=(1,), subjects=("poodle", "racing_car"),
+            train={"max_steps": 2}, milestones=(1,), subjects=("guide_dog", "racing_car"),
             evaluation=EvaluationConfig(images_per_prompt=1, num_inference_steps=2, prompts_per_subject=2)),
     )
 
@@ -145,14 +145,18 @@ def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(
     assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 24)
     assert (cfg.subjects / "prompts_and_classes.txt").exists()
     pers = json.loads((cfg.weights / "build_record.json").read_text())["eval"]["personalisation"]
-    assert sorted(pers["subjects"]) == ["poodle", "racing_car"]
+    assert sorted(pers["subjects"]) == ["guide_dog", "racing_car"]
     for row in pers["subjects"].values():
         assert {"dino", "retrieval", "vae_dino_ceiling", "vae_psnr"} <= set(row)
         assert -1 <= row["dino"] <= 1 and 0 <= row["retrieval"] <= 1 and -1 <= row["vae_dino_ceiling"] <= 1
         assert [p["step"] for p in row["curve"]] == [1, 2]  # scored at the milestone and at the end
     assert pers["mean_dino"] == pytest.approx(sum(r["dino"] for r in pers["subjects"].values()) / 2, abs=1e-4)
     card_lines = (cfg.weights / "README.md").read_text().splitlines()
-    assert any(line.startswith("| poodle | ") for line in card_lines)  # the personalisation table's row
+    assert any(line.startswith("| guide_dog | ") for line in card_lines)  # the personalisation table's row
+    assert "no decoder-only stage 2" in "\n".join(card_lines)
+    assert json.loads(cfg.record_path("vae_decoder").read_text())["vae_decoder"]["final_l1"] is None
+    assert "clip_class_acc_identifier" in json.loads((cfg.weights / "build_record.json").read_text())["eval"][
+        "prompt_following"]
     assert any(line.startswith("- DreamBooth (library defaults) mean DINO:") for line in card_lines)
     assert "estimated (stages were rebuilt separately)" in (cfg.weights / "README.md").read_text()
     cfg.record_path("build").write_text(json.dumps({"build": {"jobs": 2, "threads": 1, "wall_seconds": 5000.0}}))

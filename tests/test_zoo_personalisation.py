@@ -83,7 +83,7 @@ def test_only_dreambooth_is_measured_and_generations_are_kept():
 def _record(dino: float, ceiling: float) -> dict:
     row = {"dino": dino, "retrieval": 0.9, "vae_dino_ceiling": ceiling, "vae_psnr": 26.0, "clip_t": 0.6,
            "clip_t_base": 0.62, "dino_blank": 0.1}
-    return {"subjects": {"poodle": row, "racing_car": {**row, "vae_dino_ceiling": 0.5}}, "mean_dino": dino,
+    return {"subjects": {"guide_dog": row, "racing_car": {**row, "vae_dino_ceiling": 0.5}}, "mean_dino": dino,
             "mean_retrieval": 0.9, "clip_t": 0.6, "clip_t_base": 0.62, "mean_vae_dino_ceiling": (ceiling + 0.5) / 2,
             "min_vae_dino_ceiling": 0.5, "mean_vae_psnr": 26.0, "settings": settings(PersonalisationConfig())}
 
@@ -91,7 +91,7 @@ def _record(dino: float, ceiling: float) -> dict:
 def test_the_card_shows_the_table_and_judges_the_targets():
     pers = _record(0.65, 0.98)
     table = _personalisation(pers)
-    assert "| poodle | 0.650 | 0.90 | 0.980 | 26.0 | 0.600 | 0.620 | 0.100 |" in table
+    assert "| guide_dog | 0.650 | 0.90 | 0.980 | 26.0 | 0.600 | 0.620 | 0.100 |" in table
     assert "| racing_car | 0.650 | 0.90 | 0.500 |" in table
     assert "library defaults" in table
     from diffrl.zoo.training.card import BuildTime

@@ -18,9 +18,9 @@ class Glyph:
 GLYPHS: tuple[Glyph, ...] = (
     Glyph("dog", "\U0001f415", "dog"),
     Glyph("dog_face", "\U0001f436", "dog"),
-    Glyph("guide_dog", "\U0001f9ae", "dog"),
+    Glyph("guide_dog", "\U0001f9ae", "dog", subject=True),
     Glyph("service_dog", "\U0001f415\u200d\U0001f9ba", "dog"),
-    Glyph("poodle", "\U0001f429", "dog", subject=True),
+    Glyph("poodle", "\U0001f429", "dog"),
     Glyph("cat", "\U0001f408", "cat"),
     Glyph("cat_face", "\U0001f431", "cat"),
     Glyph("black_cat", "\U0001f408\u200d\u2b1b", "cat", subject=True),
@@ -37,9 +37,9 @@ GLYPHS: tuple[Glyph, ...] = (
     Glyph("police_car", "\U0001f693", "car"),
     Glyph("racing_car", "\U0001f3ce\ufe0f", "car", subject=True),
     Glyph("candle", "\U0001f56f\ufe0f", "candle"),
-    Glyph("mantelpiece_clock", "\U0001f570\ufe0f", "clock"),
+    Glyph("mantelpiece_clock", "\U0001f570\ufe0f", "clock", subject=True),
     Glyph("clock_face", "\U0001f550", "clock"),
-    Glyph("alarm_clock", "\u23f0", "clock", subject=True),
+    Glyph("alarm_clock", "\u23f0", "clock"),
     Glyph("hiking_boot", "\U0001f97e", "boot"),
     Glyph("fancy_boot", "\U0001f462", "boot", subject=True),
     Glyph("sneaker", "\U0001f45f", "sneaker"),
@@ -73,6 +73,11 @@ CONTEXTS: dict[str, str] = {
 COLOURS: dict[str, float] = {"red": 0.0, "purple": 280.0, "blue": 220.0, "green": 120.0}
 
 IDENTIFIER = "sks"
+# Identifier-like words: rare tokens that pretraining puts, for a fraction of captions, in the slot between colour
+# and noun ("a red sks dog"), so that an unknown word there keeps the class (DreamBooth's starting point). Without
+# them "a sks <class>" drew the right class 10% of the time against 89% for "a <class>"
+# (benchmarks/zoo_v2_ablations.md, section 1.3).
+IDENTIFIER_POOL: tuple[str, ...] = (IDENTIFIER, "zwx", "qlv", "vyk", "jxq", "phr", "bnz", "kty")
 
 
 def caption(noun: str, context: str = "plain", colour: str | None = None, identifier: str | None = None) -> str:
@@ -82,6 +87,15 @@ def caption(noun: str, context: str = "plain", colour: str | None = None, identi
     return " ".join(words + ([phrase] if phrase else []))
 
 
+def with_identifier(text: str, noun: str, identifier: str) -> str:
+    """``text`` (a caption of ``noun``) with ``identifier`` in front of the noun:
+    ``with_identifier("a red dog in the snow", "dog", "sks") == "a red sks dog in the snow"``."""
+    head, sep, tail = text.partition(f" {noun}")
+    if not sep:
+        raise ValueError(f"caption {text!r} does not name {noun!r}")
+    return f"{head} {identifier} {noun}{tail}"
+
+
 def caption_corpus() -> list[str]:
     """Every caption the world can produce (plus subject-style prompts), for tokenizer training."""
     out = []
@@ -89,5 +103,5 @@ def caption_corpus() -> list[str]:
         for ctx in CONTEXTS:
             for col in (None, *COLOURS):
                 out.append(caption(noun, ctx, col))
-                out.append(caption(noun, ctx, col, IDENTIFIER))
+                out.extend(caption(noun, ctx, col, word) for word in IDENTIFIER_POOL)
     return out

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from diffrl.io import atomic_write_text
 from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES
 from diffrl.zoo.training.schedule import simulate
-from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS
+from diffrl.zoo.world import CLASSES, CONTEXTS, IDENTIFIER_POOL, PRETRAIN_GLYPHS, SUBJECTS
 
 
 def _latent_channels(weights: Path) -> int | str:
@@ -48,8 +48,7 @@ def write_card(weights: Path, cache: Path) -> None:
          _mb(weights / "sd" / "vae"),
          _sum(g("vae", "seconds"), g("vae_decoder", "seconds")),
          f"stage 1 L1 {g('vae', 'final_l1')} (PSNR {g('vae', 'recon_psnr_db')} dB) after {g('vae', 'steps')} steps; "
-         f"decoder-only stage 2: L1 {g('vae_decoder', 'final_l1')}, PSNR {g('vae_decoder', 'recon_psnr_db')} dB "
-         f"after {g('vae_decoder', 'steps')} steps; scaling_factor {g('vae', 'scaling_factor')}"),
+         f"{_decoder_stage(rec)}; scaling_factor {g('vae', 'scaling_factor')}"),
         ("UNet2DConditionModel (sample_size 8)", "sd/unet", g("unet", "params"), _mb(weights / "sd" / "unet"),
          g("unet", "seconds"), f"eps-MSE {g('unet', 'final_loss')} after {g('unet', 'steps')} steps of batch "
          f"{g('unet', 'batch')} (time budget {g('unet', 'time_budget_s')} s; EMA weights)"),
@@ -101,12 +100,14 @@ learnable prototype norm collapsed every run to the uniform distribution (loss =
 CLIP stage 2 replaces the vision tower by a fresh one with 8-pixel patches (64 tokens instead of 16) and trains it
 (+ projection, temperature) against the frozen text tower, on scenes with strong blur augmentation and, for half of
 each batch, VAE reconstructions of 6,000 scenes (robustness to decoded samples), so `sd/text_encoder` stays
-identical to the CLIP text tower. VAE stage 2 trains only the decoder, so the latent space that the UNet was
-trained on is unchanged.
+identical to the CLIP text tower. VAE stage 2 (off in this build when it ran 0 steps) trains only the decoder, so
+the latent space that the UNet was trained on is unchanged.
 
 Text encoder and tokenizer of `sd/` are the CLIP text tower (frozen while training the UNet) and its BPE
-tokenizer (vocabulary built on the caption corpus; the identifier `sks` is one token). The UNet was trained with
-10% empty captions (classifier-free guidance). Scheduler: DDIM with the SD v1 config. Train times are wall-clock on
+tokenizer (vocabulary built on the caption corpus; the identifier `sks` is one token). In CLIP stage 1 and UNet
+training 10% of captions carry an identifier-like word in front of the noun ("a red sks dog in the snow"; one of
+{", ".join(f"`{w}`" for w in IDENTIFIER_POOL)}), so that "a sks <class>" keeps the class prior that
+DreamBooth starts from. The UNet was trained with 10% empty captions (classifier-free guidance). Scheduler: DDIM with the SD v1 config. Train times are wall-clock on
 the 2-core CPU, each stage on one core with another stage running on the other.
 
 ## Quality
@@ -115,7 +116,8 @@ Prompt following (held-in classes, {pf and rec['eval']['sampler']['n']} prompts 
 non-plain context; DDIM {g('eval', 'sampler', 'steps')} steps, guidance {g('eval', 'sampler', 'guidance')}):
 
 - CLIP zero-shot class of generations = prompt class: **{pf.get('clip_class_acc')}** with the prompt "a <class>",
-  **{pf.get('clip_class_acc_ensemble')}** with prompt ensembling over contexts (target >= 0.70)
+  **{pf.get('clip_class_acc_ensemble')}** with prompt ensembling over contexts (target >= 0.70); prompts with the
+  identifier, "a sks <class> <context>", same seeds: **{pf.get('clip_class_acc_identifier')}** (v1 zoo: 0.10)
 - for reference, the same CLIP ("a <class>") on {refs.get('n')} real renders: {refs.get('clip_class_acc_real_renders')},
   on their VAE reconstructions: {refs.get('clip_class_acc_vae_reconstructions')} (context checker on the
   reconstructions: {refs.get('context_acc_vae_reconstructions')})
@@ -269,6 +271,15 @@ ceiling near it says nothing about identity). `benchmarks/zoo_personalisation.py
 
 def _hours(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
+
+
+def _decoder_stage(rec: dict) -> str:
+    """The VAE decoder stage in one phrase ("none" when the build ran it with 0 steps)."""
+    stage = rec.get("vae_decoder", {})
+    if not stage.get("steps"):
+        return "no decoder-only stage 2"
+    return (f"decoder-only stage 2: L1 {stage.get('final_l1')}, PSNR {stage.get('recon_psnr_db')} dB after "
+            f"{stage['steps']} steps")
 
 
 def _sum(*xs):

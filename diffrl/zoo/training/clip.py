@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, log, n_params, optimizer_step, seed_all, written_atomically
+from diffrl.zoo.training.common import (WorldData, cosine_lr, log, n_params, optimizer_step, seed_all, with_identifiers,
+                                        written_atomically)
 from diffrl.zoo.training.tokenizer import build_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,6 +35,7 @@ class CLIPTrainConfig:
     vision_steps: int = 1500
     vision_lr: float = 1e-3
     recon_images: int = 6000  # stage 2 also sees VAE reconstructions of this many scenes (half of each batch)
+    identifier_rate: float = 0.1  # stage 1: fraction of captions with an identifier word before the noun
     seed: int = 0
 
 
@@ -75,15 +77,17 @@ def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainC
     with written_atomically(out_dir) as tmp:
         tok = build_tokenizer(tmp)
         model = CLIPModel(clip_config(tok, cfg))
-        ids = tok(data.captions, padding="max_length", max_length=cfg.train_text_len, truncation=True,
-                  return_tensors="pt").input_ids
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
         n, losses = len(data.images), []
         model.train()
         for step in range(cfg.steps):
             idx = torch.randint(n, (cfg.batch,), generator=gen)
             pixels = normalize(augment(data.tensor(idx.numpy()), gen))
-            out = model(input_ids=ids[idx], pixel_values=pixels, return_loss=True)
+            captions = with_identifiers([data.captions[i] for i in idx.tolist()], [data.nouns[i] for i in idx.tolist()],
+                                        cfg.identifier_rate, gen)
+            ids = tok(captions, padding="max_length", max_length=cfg.train_text_len, truncation=True,
+                      return_tensors="pt").input_ids
+            out = model(input_ids=ids, pixel_values=pixels, return_loss=True)
             optimizer_step(opt, out.loss, model.parameters(), cosine_lr(step, cfg.steps, cfg.lr))
             losses.append(out.loss.item())
             if step % 100 == 0 or step == cfg.steps - 1:

@@ -19,6 +19,7 @@ import torch
 
 from diffrl.io import atomic_write
 from diffrl.zoo.render import render_dataset
+from diffrl.zoo.world import IDENTIFIER_POOL, with_identifier
 
 log = logging.getLogger("diffrl.zoo.build")
 
@@ -67,6 +68,14 @@ def world_data(cache_dir: Path, n: int = 24000, seed: int = 0) -> WorldData:
     z = np.load(path)
     meta = json.loads(str(z["meta"]))
     return WorldData(z["images"], *map(list, zip(*meta)))
+
+
+def with_identifiers(captions: list[str], nouns: list[str], rate: float, gen: torch.Generator) -> list[str]:
+    """Each caption, with probability ``rate``, given an identifier word drawn uniformly from ``IDENTIFIER_POOL`` in
+    front of its noun (``gen``: the stage's seeded generator; one uniform and one integer draw per caption)."""
+    hit = (torch.rand(len(captions), generator=gen) < rate).tolist()
+    word = torch.randint(len(IDENTIFIER_POOL), (len(captions),), generator=gen).tolist()
+    return [with_identifier(c, n, IDENTIFIER_POOL[w]) if h else c for c, n, h, w in zip(captions, nouns, hit, word)]
 
 
 def seed_all(seed: int) -> torch.Generator:

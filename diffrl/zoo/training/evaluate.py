@@ -19,7 +19,7 @@ from diffrl.zoo.subjects import reference_specs
 from diffrl.zoo.training.clip import normalize as clip_normalize
 from diffrl.zoo.training.common import log
 from diffrl.zoo.training.dino import normalize as dino_normalize
-from diffrl.zoo.world import CLASSES, CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS, caption
+from diffrl.zoo.world import CLASSES, CONTEXTS, IDENTIFIER, PRETRAIN_GLYPHS, SUBJECTS, caption
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -124,19 +124,23 @@ def held_in_prompts() -> list[tuple[str, str]]:
 def prompt_following(pipe: StableDiffusionPipeline, clip: CLIPModel, tok: CLIPTokenizer, seed: int = 0,
                      steps: int = 25, guidance: float = 6.0) -> tuple[dict, torch.Tensor]:
     """Generate "a <class> <context>" for :func:`held_in_prompts` and score it: the CLIP zero-shot class (plain and
-    prompt-ensembled) and the pixel-level context against the prompt's. Returns the figures and the generations
-    ``[N, 3, 64, 64]``."""
+    prompt-ensembled) and the pixel-level context against the prompt's; ``clip_class_acc_identifier``: the class
+    accuracy of "a sks <class> <context>" on the same seeds (DreamBooth's starting point; it should stay close to
+    ``clip_class_acc``). Returns the figures and the generations ``[N, 3, 64, 64]`` without identifier."""
     pairs = held_in_prompts()
     log.info("eval: generating %d images (DDIM %d steps, guidance %.1f)", len(pairs), steps, guidance)
     gen = generate(pipe, [caption(c, x) for c, x in pairs], seed, steps, guidance)
     pred_cls = clip_zero_shot(clip, tok, gen)
     pred_ens = clip_zero_shot(clip, tok, gen, ensemble=True)
     pred_ctx = [classify_context(im) for im in gen]
+    tagged = generate(pipe, [caption(c, x, identifier=IDENTIFIER) for c, x in pairs], seed, steps, guidance)
+    pred_tagged = clip_zero_shot(clip, tok, tagged)
     hit = lambda preds, i: [p == pair[i] for p, pair in zip(preds, pairs)]  # noqa: E731
     per_class = {c: round(float(np.mean([h for h, (cc, _) in zip(hit(pred_cls, 0), pairs) if cc == c])), 3)
                  for c in CLASSES}
     return {"clip_class_acc": round(float(np.mean(hit(pred_cls, 0))), 4),
             "clip_class_acc_ensemble": round(float(np.mean(hit(pred_ens, 0))), 4),
+            "clip_class_acc_identifier": round(float(np.mean(hit(pred_tagged, 0))), 4),
             "context_acc": round(float(np.mean(hit(pred_ctx, 1))), 4), "per_class": per_class}, gen
 
 

@@ -1,4 +1,4 @@
-"""Build a CLIP-format BPE tokenizer (vocab.json + merges.txt) on the caption corpus; "sks" is one token."""
+"""Build a CLIP-format BPE tokenizer (vocab.json + merges.txt) on the caption corpus; every identifier word is one token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
-from diffrl.zoo.world import IDENTIFIER, caption_corpus
+from diffrl.zoo.world import IDENTIFIER_POOL, caption_corpus
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -27,7 +27,7 @@ def _bytes_to_unicode() -> list[str]:
 
 def build_tokenizer(out_dir: Path, model_max_length: int = 77) -> CLIPTokenizer:
     """Train BPE merges on the corpus (every word becomes one token) and save a ``CLIPTokenizer`` to ``out_dir``."""
-    corpus = caption_corpus() + [IDENTIFIER] * 10
+    corpus = caption_corpus()
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=5000, min_frequency=1, end_of_word_suffix="</w>", show_progress=False)
@@ -40,6 +40,7 @@ def build_tokenizer(out_dir: Path, model_max_length: int = 77) -> CLIPTokenizer:
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
     tok = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=model_max_length)
     tok.save_pretrained(out_dir)
-    ids = tok(f"a {IDENTIFIER} dog").input_ids
-    assert len(ids) == 5, f"identifier not a single token: {tok.convert_ids_to_tokens(ids)}"
+    for word in IDENTIFIER_POOL:
+        ids = tok(f"a {word} dog").input_ids
+        assert len(ids) == 5, f"identifier {word!r} not a single token: {tok.convert_ids_to_tokens(ids)}"
     return tok

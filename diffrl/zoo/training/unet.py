@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
-from diffrl.zoo.training.common import WorldData, cosine_lr, install, log, n_params, optimizer_step, seed_all
+from diffrl.zoo.training.common import (WorldData, cosine_lr, install, log, n_params, optimizer_step, seed_all,
+                                        with_identifiers)
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -32,6 +33,7 @@ class UNetTrainConfig:
     lr: float = 1e-3
     ema: float = 0.999
     cfg_dropout: float = 0.1  # fraction of empty captions, enables classifier-free guidance
+    identifier_rate: float = 0.1  # fraction of captions with an identifier word before the noun (embedded per step)
     max_images: int = 16000  # pretraining scenes encoded to latents
     time_budget_s: float | None = None  # stop early when exceeded (the LR schedule follows elapsed time too)
     seed: int = 0
@@ -88,6 +90,7 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
     mean, std = encode_latents(vae, data)
     sf = vae.config.scaling_factor
     uniq = sorted(set(data.captions))
+    noun_of = dict(zip(data.captions, data.nouns))
     cap_idx = torch.tensor([uniq.index(c) for c in data.captions]) if len(uniq) < 5000 else None
     embeds = embed_captions(text, tok, uniq + [""])
     empty = len(uniq)
@@ -107,11 +110,18 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
         idx = torch.randint(n, (cfg.batch,), generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
         c = torch.where(torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout, empty, cap_idx[idx])
+        cond = embeds[c]  # a copy: rows with an identifier word are re-embedded below
+        rows = (c != empty).nonzero().flatten().tolist()
+        plain = [uniq[int(c[j])] for j in rows]
+        tagged = with_identifiers(plain, [noun_of[p] for p in plain], cfg.identifier_rate, gen)
+        changed = [(j, t) for j, p, t in zip(rows, plain, tagged) if t != p]
+        if changed:
+            cond[[j for j, _ in changed]] = embed_captions(text, tok, [t for _, t in changed])
         t = torch.randint(1000, (cfg.batch,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=embeds[c]).sample, eps)
+        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, eps)
         lr = cosine_lr(int(progress * cfg.steps), cfg.steps, cfg.lr, warmup=200)
         optimizer_step(opt, loss, unet.parameters(), lr)
         with torch.no_grad():
