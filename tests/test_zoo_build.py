@@ -13,6 +13,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTextModel
 
 from diffrl.evaluation import EvaluationConfig
+from diffrl.models import recommended_finetuning
 from diffrl.zoo.registry import DINOSpec
 from diffrl.zoo.training.build import ZooBuildConfig, run_stage
 from diffrl.zoo.training.clip import CLIPTrainConfig
@@ -153,6 +154,7 @@ def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(
     assert pers["mean_dino"] == pytest.approx(sum(r["dino"] for r in pers["subjects"].values()) / 2, abs=1e-4)
     card_lines = (cfg.weights / "README.md").read_text().splitlines()
     assert any(line.startswith("| guide_dog | ") for line in card_lines)  # the personalisation table's row
+    assert recommended_finetuning(cfg.weights / "sd") == {"lr_actor": UNetTrainConfig().finetune_lr}
     assert "no decoder-only stage 2" in "\n".join(card_lines)
     assert json.loads(cfg.record_path("vae_decoder").read_text())["vae_decoder"]["final_l1"] is None
     assert "clip_class_acc_identifier" in json.loads((cfg.weights / "build_record.json").read_text())["eval"][

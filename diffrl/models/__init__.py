@@ -2,10 +2,18 @@
 
 from diffrl.models.encoders import CLIPEncoder, DINOEncoder
 from diffrl.models.encoding import decode_latents, encode_images, encode_prompts
-from diffrl.models.loading import ModelLoadError, SDComponents, load_sd_components, validate_pipeline_folder
+from diffrl.models.loading import (
+    FINETUNING_FILE,
+    ModelLoadError,
+    SDComponents,
+    load_sd_components,
+    recommended_finetuning,
+    validate_pipeline_folder,
+)
 
 __all__ = [
     "CLIPEncoder",
+    "FINETUNING_FILE",
     "DINOEncoder",
     "ModelLoadError",
     "SDComponents",
@@ -13,5 +21,6 @@ __all__ = [
     "encode_images",
     "encode_prompts",
     "load_sd_components",
+    "recommended_finetuning",
     "validate_pipeline_folder",
 ]

@@ -26,6 +26,8 @@ SD_SUBFOLDERS: dict[str, str] = {
     "scheduler": "scheduler_config.json",
 }
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+# optional file of a local pipeline folder: the fine-tuning settings its makers measured, e.g. {"lr_actor": 3e-4}
+FINETUNING_FILE = "diffrl_finetuning.json"
 
 
 class ModelLoadError(RuntimeError):
@@ -79,6 +81,21 @@ class SDComponents:
 def _is_local(pretrained: str) -> bool:
     """A hub id is ``org/name``; anything that exists on disk, or cannot be a hub id, is a local path."""
     return Path(pretrained).expanduser().exists() or pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1
+
+
+def recommended_finetuning(pretrained: str | os.PathLike) -> dict[str, float]:
+    """The settings a local pipeline folder declares in `FINETUNING_FILE` (the bundled zoo declares its DreamBooth
+    learning rate); ``{}`` for hub ids and folders without the file."""
+    path = Path(os.fspath(pretrained)).expanduser() / FINETUNING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"'{path}' is not valid JSON ({err}); fix or delete it.") from err
+    if not isinstance(settings, dict) or not all(isinstance(v, (int, float)) for v in settings.values()):
+        raise ModelLoadError(f"'{path}' must map setting names to numbers, got {settings!r}; fix or delete it.")
+    return {str(k): float(v) for k, v in settings.items()}
 
 
 def validate_pipeline_folder(folder: Path) -> None:

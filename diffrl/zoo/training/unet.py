@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 import time
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
+from diffrl.models.loading import FINETUNING_FILE
 from diffrl.zoo.training.common import (WorldData, cosine_lr, install, log, n_params, optimizer_step, seed_all,
                                         with_identifiers)
 
@@ -36,6 +38,10 @@ class UNetTrainConfig:
     identifier_rate: float = 0.1  # fraction of captions with an identifier word before the noun (embedded per step)
     max_images: int = 16000  # pretraining scenes encoded to latents
     time_budget_s: float | None = None  # stop early when exceeded (the LR schedule follows elapsed time too)
+    # the DreamBooth learning rate the pipeline folder recommends (`diffrl.models.FINETUNING_FILE`; TrainConfig's
+    # `lr_actor=None` reads it): SD's 5e-6 does not move this 1.8M-parameter UNet, 1e-3 collapses it, 3e-4 learned
+    # most (benchmarks/zoo_v2_ablations.md, section 2)
+    finetune_lr: float = 3e-4
     seed: int = 0
 
 
@@ -142,7 +148,8 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
         pipe.save_pretrained(tmp)
         for f in ("vocab.json", "merges.txt"):  # also keep the classic CLIP BPE files next to tokenizer.json
             shutil.copy(clip_dir / f, tmp / "tokenizer" / f)
-        for part in ("unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"):
+        (tmp / FINETUNING_FILE).write_text(json.dumps({"lr_actor": cfg.finetune_lr}, indent=2) + "\n")
+        for part in ("unet", "text_encoder", "tokenizer", "scheduler", "model_index.json", FINETUNING_FILE):
             install(tmp / part, sd_dir / part)
     return {"params": n_params(unet), "text_encoder_params": n_params(text),
             "final_loss": round(float(np.mean(losses[-100:])), 4), "steps": len(losses), "batch": cfg.batch,
