@@ -108,6 +108,28 @@ def test_build_loss_rejects_a_method_it_has_no_loss_for(tiny_sd_path: Path, inst
         Trainer(cfg)
 
 
+def test_lr_actor_none_takes_the_pretrained_folders_recommendation(tiny_sd_path: Path, instance_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    from diffrl.models import FINETUNING_FILE, ModelLoadError
+    from diffrl.training.config import DEFAULT_LR_ACTOR
+
+    assert config(tiny_sd_path, instance_dir, tmp_path / "a", lr_actor=None).resolved_lr_actor() == DEFAULT_LR_ACTOR
+    folder = tmp_path / "pipeline"
+    shutil.copytree(tiny_sd_path, folder)
+    (folder / FINETUNING_FILE).write_text('{"lr_actor": 2e-4}')
+    cfg = config(folder, instance_dir, tmp_path / "b", lr_actor=None, max_steps=1)
+    assert cfg.resolved_lr_actor() == 2e-4
+    assert Trainer(cfg).scheduler.base_lrs[0] == 2e-4  # what the optimizer uses
+    assert config(folder, instance_dir, tmp_path / "c", lr_actor=1e-5).resolved_lr_actor() == 1e-5  # explicit wins
+    (folder / FINETUNING_FILE).write_text('{"lr_actor": "fast"}')
+    with pytest.raises(ModelLoadError, match="must map setting names to numbers.*fix or delete it"):
+        config(folder, instance_dir, tmp_path / "d", lr_actor=None).resolved_lr_actor()
+    with pytest.raises(ConfigError, match="lr_actor must be > 0 or None"):
+        config(folder, instance_dir, tmp_path / "e", lr_actor=0.0)
+
+
 # ------------------------------------------------------------------ output
 def test_full_finetune_output_loads_with_from_pretrained(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline

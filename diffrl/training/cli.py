@@ -8,7 +8,7 @@ from pathlib import Path
 
 from diffrl.objectives.dpg import EXPLORATION_SPACES
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
-from diffrl.training.config import METHODS, MIXED_PRECISION, TrainConfig
+from diffrl.training.config import DEFAULT_LR_ACTOR, METHODS, MIXED_PRECISION, TrainConfig
 
 EPILOG = """\
 examples:
@@ -100,7 +100,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
                             help="default: %(default)s")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--lr-actor", type=float, default=5e-6)
+    optim.add_argument("--lr-actor", type=float, default=TrainConfig.lr_actor,
+                       help="default: the rate the --pretrained folder recommends in diffrl_finetuning.json (the "
+                            f"bundled zoo does), else {DEFAULT_LR_ACTOR}")
     optim.add_argument("--lr-critic", type=float, default=TrainConfig.lr_critic)
     optim.add_argument("--batch-size", type=int, default=1)
     optim.add_argument("--max-steps", type=int, default=400)

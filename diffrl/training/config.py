@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffrl.models.loading import recommended_finetuning
 from diffrl.objectives.dpg import EXPLORATION_SPACES, DPGConfig
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
 
@@ -16,6 +17,9 @@ METHODS = ("dpg", "one_step", "dreambooth", "reward_backprop", "direct_reward")
 REWARDS = ("lookforward", "dino")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 NONFINITE = ("raise", "skip")
+
+
+DEFAULT_LR_ACTOR = 5e-6  # DreamBooth's U-Net learning rate for Stable Diffusion
 
 
 class ConfigError(ValueError):
@@ -48,7 +52,9 @@ class TrainConfig:
             transitions).
         diagnose_every: log the critic diagnostics (`diffrl.objectives.critic_diagnostics`) every N steps (0: never).
         num_inference_steps: length of the training schedule of the loss's `DenoisingEnv`.
-        lr_actor, lr_critic, lr_warmup_steps: AdamW learning rates and linear warm-up.
+        lr_actor, lr_critic, lr_warmup_steps: AdamW learning rates and linear warm-up. ``lr_actor=None``: the rate
+            the pretrained folder recommends (`diffrl.models.FINETUNING_FILE`; the bundled zoo declares one), else
+            `DEFAULT_LR_ACTOR` (5e-6, DreamBooth's for Stable Diffusion); `resolved_lr_actor` says which.
         batch_size: instance images per process per step.
         max_steps: optimizer steps in total (a resumed run continues up to it).
         grad_clip: max gradient norm of the actor (``None``: no clipping).
@@ -97,7 +103,7 @@ class TrainConfig:
     tau: float = DPGConfig.tau
     diagnose_every: int = 50
     num_inference_steps: int = 999  # the longest schedule SD's steps_offset=1 allows: t-1 chains over t = 999..1
-    lr_actor: float = 5e-6
+    lr_actor: float | None = None
     lr_critic: float = 1e-3
     lr_warmup_steps: int = 0
     batch_size: int = 1
@@ -135,7 +141,9 @@ class TrainConfig:
         for name in ("pretrained", "instance_dir", "instance_prompt", "output_dir"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must not be empty.")
-        for name in ("lr_actor", "lr_critic", "batch_size", "max_steps", "num_inference_steps", "sample_steps", "log_every"):
+        if self.lr_actor is not None and not self.lr_actor > 0:
+            raise ConfigError(f"lr_actor must be > 0 or None (the pretrained folder's recommendation), got {self.lr_actor!r}.")
+        for name in ("lr_critic", "batch_size", "max_steps", "num_inference_steps", "sample_steps", "log_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
         for name in ("exploration_actions", "critic_states", "critic_updates", "critic_batch_size", "replay_size"):
@@ -210,6 +218,12 @@ class TrainConfig:
             warmup_steps=self.warmup_steps, lam_ramp_steps=self.lam_ramp_steps, actor_weighting=self.actor_weighting,
             pair_weight=self.pair_weight, tau=self.tau,
         )
+
+    def resolved_lr_actor(self) -> float:
+        """`lr_actor`, or when it is None the pretrained folder's recommended rate, else `DEFAULT_LR_ACTOR`."""
+        if self.lr_actor is not None:
+            return self.lr_actor
+        return recommended_finetuning(self.pretrained).get("lr_actor", DEFAULT_LR_ACTOR)
 
     @property
     def uses_rewards(self) -> bool:

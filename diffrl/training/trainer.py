@@ -110,7 +110,7 @@ class Trainer:
         self.critic_params = list(self.loss.critic_parameters())
         self.param_groups = {"actor": self.actor_params, "critic": self.critic_params}
         # one AdamW, one parameter group per role with its own learning rate: one fp16 grad-scaler step per update
-        lrs = {"actor": config.lr_actor, "critic": config.lr_critic}
+        lrs = {"actor": config.resolved_lr_actor(), "critic": config.lr_critic}
         groups = [{"params": params, "lr": lrs[name], "name": name} for name, params in self.param_groups.items() if params]
         optimizer = AdamW(groups)
         warmup = max(config.lr_warmup_steps, 1)

@@ -247,6 +247,7 @@ def _personalisation(pers: dict) -> str:
         return "Not measured (no `eval.personalisation` in the build record)."
     train = pers["settings"]["train"]
     train = train if isinstance(train, str) else f"TrainConfig {train}"
+    train += f", U-Net learning rate {pers.get('lr_actor', 'n/a')}"
     ev = pers["settings"]["evaluation"]
     rows = "\n".join(f"| {name} | {r['dino']:.3f} | {r['retrieval']:.2f} | {r['vae_dino_ceiling']:.3f} | "
                      f"{r['vae_psnr']:.1f} | {r['clip_t']:.3f} | {r['clip_t_base']:.3f} | {r['dino_blank']:.3f} |"

@@ -11,7 +11,7 @@ Per subject (``eval.personalisation.subjects[NAME]`` of the build record):
   reconstructions;
 - ``clip_t`` / ``clip_t_base``: CLIP-T of the personalised and of the base model on the same prompts and seeds;
 - ``dino_blank``: zoo-DINO cosine to the references of flat images in the references' backdrop colour, the score
-  of an empty generation (on the v1 zoo 0.99 for the pale poodle: its ``dino`` and ceiling mean little).
+  of an empty generation (on the v1 zoo 0.99 for the pale poodle, since replaced: its ``dino`` and ceiling meant little).
 
 Training goes through `diffrl.training.Trainer` with the library's defaults (``method="dreambooth"``) unless
 ``PersonalisationConfig.train`` overrides them; scoring through `diffrl.evaluation.evaluate`.
@@ -175,7 +175,8 @@ def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig
 
     Returns ``{"subjects": {NAME: {"dino", "retrieval", "vae_dino_ceiling", "vae_psnr", "clip_t", "clip_t_base",
     ...}}, "mean_dino", "mean_retrieval", "clip_t", "clip_t_base", "mean_vae_dino_ceiling", "min_vae_dino_ceiling",
-    "mean_vae_psnr", "settings"}``."""
+    "mean_vae_psnr", "settings", "lr_actor"}`` (``lr_actor``: the DreamBooth learning rate used, after resolving the
+    library default `TrainConfig.lr_actor=None` against the zoo's recommendation)."""
     cfg = cfg or PersonalisationConfig()
     everyone = load_dreambench(zoo.subjects, identifier=cfg.train.get("identifier", "sks"))
     chosen = [s for s in everyone if cfg.subjects is None or s.name in cfg.subjects]
@@ -197,7 +198,8 @@ def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig
             "clip_t": mean("clip_t"), "clip_t_base": mean("clip_t_base"),
             "mean_vae_dino_ceiling": mean("vae_dino_ceiling"),
             "min_vae_dino_ceiling": min(r["vae_dino_ceiling"] for r in subjects.values()),
-            "mean_vae_psnr": mean("vae_psnr"), "settings": settings(cfg)}
+            "mean_vae_psnr": mean("vae_psnr"), "settings": settings(cfg),
+            "lr_actor": _train_config(zoo, chosen[0], out, cfg.train).resolved_lr_actor()}
 
 
 def settings(cfg: PersonalisationConfig) -> dict[str, Any]:
