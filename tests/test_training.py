@@ -130,6 +130,33 @@ def test_lr_actor_none_takes_the_pretrained_folders_recommendation(tiny_sd_path:
         config(folder, instance_dir, tmp_path / "e", lr_actor=0.0)
 
 
+def test_progress_is_scored_at_step_zero_every_n_steps_and_at_the_end_without_touching_the_run(
+        tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    from diffrl.training import Progress, progress_curve, read_history
+
+    def score(components, step: int) -> dict[str, float]:
+        torch.randn(100)  # a scorer that draws random numbers must not change the run
+        return {"norm": float(sum(p.double().norm() for p in components.unet.parameters())), "step_seen": float(step)}
+
+    plain = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "plain", max_steps=3))
+    plain.train()
+    scored = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "scored", max_steps=2))
+    scored.train(Progress(score, every=2))
+    resumed = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "scored", max_steps=3, resume="latest"))
+    resumed.train(Progress(score, every=2))
+    assert unet_hash(resumed.components.unet) == unet_hash(plain.components.unet)
+    history = read_history(tmp_path / "scored")
+    steps, seen = progress_curve(history, "step_seen")
+    assert steps == [0, 2, 3] and seen == [0.0, 2.0, 3.0]  # no second step-0 point after the resume
+    _, norms = progress_curve(history, "norm")
+    assert norms[0] != norms[-1]  # the model changed between the first and last points
+    state = torch.get_rng_state()
+    Progress(score, every=1).measure(plain.components, 0)
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        Progress(score, every=0)
+
+
 # ------------------------------------------------------------------ output
 def test_full_finetune_output_loads_with_from_pretrained(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline

@@ -9,6 +9,7 @@ import importlib
 
 _MODULES = {
     "dreambench": ("DreamBenchError", "Subject", "load_dreambench", "parse_prompts_and_classes"),
+    "progress": ("SubjectProgress",),
     "metrics": ("cosine_matrix", "mean_reference_similarity", "paired_similarity", "remove_identifier"),
     "protocol": (
         "EvaluationConfig",

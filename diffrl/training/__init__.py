@@ -16,6 +16,7 @@ _EXPORTS = {
     "export": ("save_model",),
     "history": ("read_history",),
     "lock": ("RunDirError", "RunLockedError"),
+    "progress": ("Progress", "progress_curve"),
     "rundir": ("ConfigMismatchError",),
     "trainer": ("NonFiniteLossError", "TrainResult", "Trainer", "train"),
 }

@@ -28,6 +28,8 @@ from diffrl.training.checkpoint import Checkpoint, load_checkpoint, save_checkpo
 from diffrl.training.config import ConfigError, TrainConfig
 from diffrl.training.data import ReferenceImages, check_identifier, derive_seed, ensure_class_images
 from diffrl.training.export import save_model
+from diffrl.training.history import read_history
+from diffrl.training.progress import Progress
 from diffrl.training.rng import capture_rng, find_generators, restore_rng
 from diffrl.training.rundir import claim_run_dir, releases_run_dir
 
@@ -288,15 +290,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     @releases_run_dir(always=True)
-    def train(self) -> TrainResult:
-        """Run up to ``config.max_steps`` (from the resumed step), checkpoint, save the model."""
+    def train(self, progress: Progress | None = None) -> TrainResult:
+        """Run up to ``config.max_steps`` (from the resumed step), checkpoint, save the model. With ``progress``, the
+        model is also scored at step 0 (a fresh start), every ``progress.every`` steps and at the end (main process;
+        see `diffrl.training.progress`)."""
         config = self.config
-        bar = tqdm(total=config.max_steps, initial=self.step, disable=not self.accelerator.is_main_process, desc="personalize")
+        main = self.accelerator.is_main_process
+        if progress is not None and self.step == 0 and main and not read_history(config.output_dir)[:1]:
+            scores = progress.measure(self.components, 0)  # the model before training
+            self.history.append({"step": 0.0, **scores})
+            self.run_dir.record(self.history[-1])
+            self._log(scores)
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=not main, desc="personalize")
         while self.step < config.max_steps:
             logs = self.train_step()
             if config.diagnose_every and self.step % config.diagnose_every == 0:
                 logs.update(self.diagnose())
             self.step += 1
+            if progress is not None and main and progress.due(self.step, config.max_steps):
+                logs.update(progress.measure(self.components, self.step))
             self.history.append({"step": float(self.step), **logs})
             self.run_dir.record(self.history[-1])
             self._log(logs)
