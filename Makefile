@@ -21,7 +21,7 @@ system-deps:
 		apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji libfribidi0 >/dev/null; fi
 
 demo: $(STAMP)
-	$(PY) examples/personalize_dino.py --output-dir outputs/demo --resume auto  # a rerun continues or re-plots, never overwrites
+	$(PY) examples/demo.py --output-dir outputs/demo  # a rerun continues or re-plots, never overwrites
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q

@@ -16,12 +16,13 @@ uniform over the schedule) are collected with the final policy, and for each tim
 
 The JSON's headline ``grad_cosine`` and ``r2`` are medians over the bands in [300, 900) (acceptance: both >= 0.5),
 next to ``actor_grad_ratio`` (||d lam w Q / d theta|| / ||d eps-MSE / d theta||), the per-band figures, the budget and
-the wall time.
+the wall time; ``target`` holds the same figures for the target critic (the Polyak average of the trained one).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -95,16 +96,40 @@ def train_config(probe: ProbeConfig, output_dir: Path) -> TrainConfig:
 
 
 def heldout(trainer: Trainer, probe: ProbeConfig) -> dict:
-    """Per-band R^2, gradient cosines (critic and look-forward) and the actor-gradient ratio on new states."""
+    """Per-band R^2, gradient cosines (critic and look-forward) and the actor-gradient ratio on new states, for the
+    trained critic and (under ``"target"``) for its Polyak average, the target critic."""
     loss = trainer.loss
     generator = torch.Generator(device=trainer.accelerator.device).manual_seed(probe.seed + 10_000)
+    rounds = -(-probe.heldout_states // loss.env.batch_size[0])
+    data = []
+    for index in range(rounds):
+        state = loss.noised_states(trainer.batch(index), generator)
+        data.append((state, loss.collect(state, generator)))
+    result = score_critic(loss, data)
+    with swapped(loss.critic_params, loss.target_critic_params):
+        result["target"] = {k: v for k, v in score_critic(loss, data).items() if k != "actor_grad_ratio"}
+    return result
+
+
+@contextlib.contextmanager
+def swapped(params, other):
+    """``params`` hold the values of ``other`` inside the block (restored after)."""
+    saved = params.detach().clone()
+    with torch.no_grad():
+        params.update_(other.detach())
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            params.update_(saved)
+
+
+def score_critic(loss, data: list) -> dict:
+    """The probe's figures of the critic in ``loss.critic_params`` on held-out ``(state, group)`` pairs."""
     per_band: dict[int, dict[str, list[float]]] = {}
     ratios = []
-    rounds = -(-probe.heldout_states // loss.env.batch_size[0])
-    for index in range(rounds):
-        batch = trainer.batch(index)
-        state = loss.noised_states(batch, generator)
-        for band, value in critic_diagnostics.band_r2(loss, loss.collect(state, generator)).items():
+    for index, (state, group) in enumerate(data):
+        for band, value in critic_diagnostics.band_r2(loss, group).items():
             per_band.setdefault(band, {}).setdefault("r2_rounds", []).append(value)
         grad_q, grad_r = critic_diagnostics.action_gradients(loss, state)
         action = state["action"].detach().clone().requires_grad_(True)
@@ -160,6 +185,8 @@ def run(probe: ProbeConfig) -> dict:
     atomic_write_text(probe.json, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("grad_cosine", "r2", "lookforward_cosine", "actor_grad_ratio", "passed",
                                              "train_s", "wall_s")}, indent=2))
+    print(f"target (Polyak-averaged) critic: grad_cosine {result['target']['grad_cosine']:+.3f}  r2 "
+          f"{result['target']['r2']:+.3f}")
     for band, scores in result["bands"].items():
         print(f"band {band}: t in [{band * 100}, {band * 100 + 100}): r2 {scores['r2']:+.3f}  grad_cosine "
               f"{scores['grad_cosine']:+.3f}  lookforward_cosine {scores['lookforward_cosine']:+.3f}  "

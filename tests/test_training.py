@@ -348,6 +348,30 @@ def run_example(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=180)
 
 
+def test_demo_trains_both_methods_on_two_subjects_and_draws_grid_and_progress(tmp_path: Path) -> None:
+    from diffrl.training import progress_curve, read_history
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(REPO / "examples" / "demo.py"), "--steps", "2", "--score-every", "1",
+               "--dpg-critic-states", "1", "--threads", "1", "--output-dir", str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "progress.png").is_file()
+    curves = {}
+    for subject in ("guide_dog", "fancy_boot"):
+        for method in ("dreambooth", "dpg"):
+            steps, dino = progress_curve(read_history(tmp_path / subject / method), "DINO")
+            assert steps == [0, 1, 2] and all(-1 <= d <= 1 for d in dino)
+            curves[subject, method] = dino
+        assert curves[subject, "dreambooth"][0] == curves[subject, "dpg"][0]  # one base model, one set of seeds
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # finished: re-plots
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert progress_curve(read_history(tmp_path / "guide_dog" / "dpg"), "DINO")[1] == curves["guide_dog", "dpg"]
+    same_class = subprocess.run([*command, "--subjects", "guide_dog", "guide_dog"], env=env, capture_output=True,
+                                text=True, timeout=120)
+    assert same_class.returncode == 2 and "different classes" in same_class.stderr
+
+
 def grid_rows(path: Path) -> list[np.ndarray]:
     """The rows (references, before, after) of the example's before/after grid (make_grid: 2-pixel padding)."""
     grid = np.asarray(Image.open(path).convert("RGB"))
@@ -385,7 +409,7 @@ def test_example_honours_instance_flags_without_pretrained(instance_dir: Path, t
     assert (cfg.instance_dir, cfg.instance_prompt, cfg.class_prompt) == (str(instance_dir), "a sks blob", None)
     assert cfg.dino_kwargs  # still the zoo's model and DINO
     cfg, _ = example.build_config(["--instance-prompt", "a photo of sks poodle", "--output-dir", str(tmp_path)])
-    assert cfg.instance_prompt == "a photo of sks poodle" and cfg.instance_dir.endswith("poodle")
+    assert cfg.instance_prompt == "a photo of sks poodle" and cfg.instance_dir.endswith(example.DEFAULT_SUBJECT)
     with pytest.raises(ConfigError, match="--instance-dir needs --instance-prompt"):
         example.build_config(["--instance-dir", str(instance_dir)])
     with pytest.raises(ConfigError, match="give one of them"):

@@ -46,6 +46,15 @@ class ZooPaths:
     clip: Path
     subjects: Path
 
+    def encoders(self):
+        """The zoo's DINO (``dino``), CLIP and held-out DINO (``dino_eval``) as `diffrl.evaluation.EvaluationEncoders`."""
+        from diffrl.evaluation import EvaluationEncoders
+        from diffrl.models import CLIPEncoder, DINOEncoder
+
+        dino, held_out = (DINOEncoder.from_pretrained(s.model_name, weights=s.file, **s.kwargs)
+                          for s in (self.dino, self.dino_eval))
+        return EvaluationEncoders(dino=dino, clip=CLIPEncoder.from_pretrained(self.clip), heldout_dino=[held_out])
+
 
 def load(name: str = "emoji") -> ZooPaths:
     """Paths of the bundled zoo ``name`` (offline; nothing is downloaded)."""

@@ -33,7 +33,7 @@ from diffrl.data.images import list_images, load_image_tensor
 from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, evaluate, load_dreambench
 from diffrl.evaluation.metrics import mean_reference_similarity, paired_similarity
 from diffrl.evaluation.protocol import ImageEncoder
-from diffrl.models import CLIPEncoder, DINOEncoder, decode_latents, encode_images, load_sd_components
+from diffrl.models import decode_latents, encode_images, load_sd_components
 from diffrl.zoo.registry import ZooPaths
 
 log = logging.getLogger("diffrl.zoo.build")
@@ -69,13 +69,6 @@ class PersonalisationConfig:
         if self.train.get("method", "dreambooth") != "dreambooth":
             raise ValueError(f"the personalisation measurement is DreamBooth; drop method={self.train['method']!r}")
         self.evaluation = replace(self.evaluation, save_images=True)
-
-
-def zoo_encoders(zoo: ZooPaths) -> EvaluationEncoders:
-    """The zoo's DINO (``dino``), CLIP and held-out DINO (``dino_eval``) as evaluation encoders."""
-    dino, held_out = (DINOEncoder.from_pretrained(s.model_name, weights=s.file, **s.kwargs)
-                      for s in (zoo.dino, zoo.dino_eval))
-    return EvaluationEncoders(dino=dino, clip=CLIPEncoder.from_pretrained(zoo.clip), heldout_dino=[held_out])
 
 
 def references(subject: Subject) -> Tensor:
@@ -182,7 +175,7 @@ def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig
     chosen = [s for s in everyone if cfg.subjects is None or s.name in cfg.subjects]
     if not chosen:
         raise ValueError(f"no bundled subject among {cfg.subjects}; choose from {[s.name for s in everyone]}")
-    encoders = zoo_encoders(zoo)
+    encoders = zoo.encoders()
     with torch.no_grad():
         galleries = {s.name: encoders.dino(references(s)).float() for s in everyone}
     base = load_sd_components(str(zoo.sd))
