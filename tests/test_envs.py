@@ -34,13 +34,13 @@ class NegativeSquaredLatent(Reward):
 
 
 @pytest.mark.parametrize("mode", ["sampling", "reference"])
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_check_env_specs(components, mode, batch_size):
+@pytest.mark.parametrize(("batch_size", "eta"), [(1, 0.0), (3, 0.0), (3, 1.0)])
+def test_check_env_specs(components, mode, batch_size, eta):
     env = DenoisingEnv(
         components,
         "a sks dog",
         batch_size=batch_size,
-        config=DenoisingConfig(num_inference_steps=4, mode=mode),
+        config=DenoisingConfig(num_inference_steps=4, mode=mode, eta=eta),
         reward=NegativeSquaredLatent(),
         references=torch.randn(5, 4, 8, 8),
         seed=0,
@@ -73,12 +73,66 @@ def test_per_sample_steps_match_diffusers_one_sample_at_a_time(scheduler_cls, et
     sample, action = torch.randn(2, 4, 4, 8, 8).unbind(0)
     # the noise diffusers draws for sample i from a generator seeded with i
     noise = torch.cat([torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)])
-    ours = schedule.step(action, step_index, sample, noise if schedule.stochastic else None)
+    ours = schedule.step(action, step_index, sample, noise if schedule.stochastic else None).prev_sample
     for i, k in enumerate(step_index.tolist()):
         t = reference.timesteps[k]
         kwargs = {"eta": eta} if scheduler_cls is DDIMScheduler else {}
         expected = reference.step(action[i : i + 1], t, sample[i : i + 1], generator=torch.Generator().manual_seed(i), **kwargs)
         torch.testing.assert_close(ours[i : i + 1], expected.prev_sample, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("scheduler_cls", "eta"), [(DDIMScheduler, 1.0), (DDIMScheduler, 0.5), (DDPMScheduler, 1.0)])
+def test_step_log_prob_equals_the_closed_form(scheduler_cls, eta):
+    scheduler = scheduler_cls.from_config(DDIMScheduler(**SD_SCHEDULER_CONFIG).config)
+    schedule = BatchedScheduler(scheduler, num_inference_steps=10, eta=eta)
+    step_index = torch.tensor([0, 3, 8, 5])
+    sample, action, noise = torch.randn(3, 4, 4, 8, 8).unbind(0)
+    out = schedule.step(action, step_index, sample, noise)
+    # the closed form in float64, written from the papers' formulas (not from the code under test)
+    abar = schedule.alphas_cumprod.double()
+    t = schedule.timesteps[step_index]
+    a_t = abar[t].view(-1, 1, 1, 1)
+    if scheduler_cls is DDIMScheduler:  # Song et al. 2021, eq. 12 and 16
+        prev = t - 1000 // 10
+        a_prev = torch.where(prev >= 0, abar[prev.clamp(min=0)], abar[0]).view(-1, 1, 1, 1)  # set_alpha_to_one=False
+        var = eta**2 * (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+        x0 = (sample.double() - (1 - a_t).sqrt() * action.double()) / a_t.sqrt()
+        mean = a_prev.sqrt() * x0 + (1 - a_prev - var).sqrt() * action.double()
+    else:  # Ho et al. 2020, eqs. 6-7, the posterior q(x_prev | x_t, x0_hat)
+        prev = torch.cat([schedule.timesteps[1:], torch.tensor([-1])])[step_index]
+        a_prev = torch.where(prev >= 0, abar[prev.clamp(min=0)], torch.ones_like(abar[0])).view(-1, 1, 1, 1)
+        beta = 1 - a_t / a_prev
+        var = (1 - a_prev) / (1 - a_t) * beta
+        x0 = (sample.double() - (1 - a_t).sqrt() * action.double()) / a_t.sqrt()
+        mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * sample.double()
+    expected = torch.distributions.Normal(mean, var.sqrt().expand_as(mean)).log_prob(out.prev_sample.double())
+    torch.testing.assert_close(out.log_prob(out.prev_sample).double(), expected.flatten(1).sum(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((out.prev_sample - out.mean) / out.std, noise, rtol=1e-4, atol=1e-4)
+    assert out.log_prob(out.prev_sample + 0.5).lt(out.log_prob(out.prev_sample)).all()  # off the sample: less likely
+
+
+def test_a_deterministic_step_has_log_prob_zero():
+    schedule = BatchedScheduler(DDIMScheduler(**SD_SCHEDULER_CONFIG), num_inference_steps=10, eta=0.0)
+    sample, action = torch.randn(2, 3, 4, 8, 8).unbind(0)
+    out = schedule.step(action, torch.tensor([0, 4, 9]), sample)
+    assert torch.equal(out.prev_sample, out.mean) and (out.std == 0).all()
+    assert torch.equal(out.log_prob(out.prev_sample), torch.zeros(3))
+
+
+def test_rollout_records_the_log_prob_that_the_env_recomputes_under_the_policy(components):
+    env = DenoisingEnv(components, PROMPTS[:2], batch_size=2, config=DenoisingConfig(num_inference_steps=3, eta=1.0),
+                       seed=0)
+    actor = UNetActor(components.unet, guidance_scale=3.0)
+    with torch.no_grad():
+        rollout = env.rollout(3, policy=actor)
+    recorded = rollout["next", "sample_log_prob"]  # [B, T]
+    assert recorded.shape == (2, 3) and torch.isfinite(recorded).all() and (recorded != 0).all()
+    for k in range(3):
+        transition = rollout[:, k]
+        action = actor(transition.exclude("action").clone())["action"]  # the current policy's action
+        torch.testing.assert_close(env.log_prob(transition, action), recorded[:, k], rtol=1e-5, atol=1e-4)
+    other = env.log_prob(rollout[:, 1], torch.zeros_like(rollout[:, 1]["action"]))
+    assert not torch.allclose(other, recorded[:, 1])
 
 
 def test_look_forward_identity_at_many_timesteps():

@@ -144,6 +144,8 @@ class DenoisingEnv(EnvBase):
         )
         if self.config.mode == "reference":
             observation["x0"] = latent.clone()
+        if self.schedule.stochastic:  # log pi(x_{t_prev} | x_t) of the step that led here (0 after a reset)
+            observation["sample_log_prob"] = Unbounded(shape=batch, dtype=torch.float32, device=self.device)
         self.observation_spec = observation
         self.state_spec = observation.clone()
         self.action_spec = latent.clone()
@@ -192,6 +194,8 @@ class DenoisingEnv(EnvBase):
         step = self._check_batch("step", step, ())
         if ((step < 0) | (step >= self.config.num_inference_steps)).any():
             raise ValueError(f"'step' must be in [0, {self.config.num_inference_steps}), got {step.tolist()}.")
+        if self.schedule.stochastic:
+            state["sample_log_prob"] = torch.zeros(batch, dtype=torch.float32, device=self.device)
         return TensorDict(
             latents=latents,
             step=step,
@@ -216,7 +220,8 @@ class DenoisingEnv(EnvBase):
             raise ValueError(f"The action (predicted noise) contains NaN or inf at batch indices {bad}; check the policy.")
         timestep = self.schedule.timesteps[step]
         noise = self._randn(action.shape) if self.schedule.stochastic else None
-        next_latents = self.schedule.step(action, step, latents, noise)
+        transition = self.schedule.step(action, step, latents, noise)
+        next_latents = transition.prev_sample
         next_step = step + 1
         done = (next_step >= self.config.num_inference_steps).unsqueeze(-1)
         x0 = tensordict.get("x0", None)
@@ -235,7 +240,19 @@ class DenoisingEnv(EnvBase):
         )
         if x0 is not None:
             out["x0"] = x0
+        if self.schedule.stochastic:
+            out["sample_log_prob"] = transition.log_prob(next_latents)
         return out
+
+    def log_prob(self, tensordict: TensorDictBase, action: Tensor) -> Tensor:
+        """log pi(x_{t_prev} | x_t) ``[B]`` (float32) of stored transitions under ``action``.
+
+        ``tensordict`` holds the states (``"latents"``, ``"step"``) and the samples they led to (``("next",
+        "latents")``), e.g. a rollout's steps; ``action`` is eps_hat ``[B, C, h, w]`` for those states, typically the
+        current policy's, with gradients (a PPO ratio is ``exp(log_prob - tensordict["next", "sample_log_prob"])``).
+        0 for deterministic steps (see `diffrl.envs.scheduling.StepOutput.log_prob`)."""
+        step = self.schedule.distribution(action, tensordict["step"], tensordict["latents"])
+        return step.log_prob(tensordict["next", "latents"])
 
     def _reward(self, tensordict, action, latents, timestep, x0, next_latents, done) -> Tensor:
         batch = self.batch_size[0]

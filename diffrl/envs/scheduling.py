@@ -1,11 +1,17 @@
-"""Per-sample DDIM / DDPM steps over a diffusers scheduler's noise schedule.
+"""Per-sample DDIM / DDPM steps over a diffusers scheduler's noise schedule, with their Gaussian densities.
 
 diffusers' ``DDIMScheduler.step`` accepts one timestep for the whole batch; RL training needs a different t per sample.
 `BatchedScheduler` reproduces diffusers' update rules term by term (same operations, same float32 tables), so that
 for a uniform batch it matches ``scheduler.step`` bit for bit, and it broadcasts per-sample timesteps.
+
+Every step is a Gaussian, x_{t_prev} = mean + std * z with z ~ N(0, I): `StepOutput` returns mean and std beside the
+sample, and ``log_prob`` gives log pi(x_{t_prev} | x_t), the density that policy-gradient methods (DDPO, GRPO) need.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, SchedulerMixin
@@ -15,6 +21,42 @@ from torch import Tensor
 def _per_sample(values: Tensor, like: Tensor) -> Tensor:
     """``[B]`` -> ``[B, 1, ..., 1]`` broadcastable against ``like``."""
     return values.view(-1, *([1] * (like.ndim - 1)))
+
+
+@dataclass
+class StepOutput:
+    """One reverse step of every sample: x_{t_prev} ~ N(mean, std^2 I).
+
+    Attributes:
+        prev_sample: x_{t_prev} ``[B, C, h, w]``.
+        pred_original_sample: the look-forward x0_hat of the action ``[B, C, h, w]``.
+        mean: the step's mean ``[B, C, h, w]``.
+        std: the step's standard deviation ``[B, 1, 1, 1]``; 0 where the step is deterministic (DDIM with eta = 0,
+            DDPM's last step).
+    """
+
+    prev_sample: Tensor
+    pred_original_sample: Tensor
+    mean: Tensor
+    std: Tensor
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log N(value; mean, std^2 I) per sample ``[B]`` (summed over C, h, w), in float32; 0 for a deterministic
+        step (std = 0), which has no density and contributes nothing to a likelihood-ratio gradient."""
+        return gaussian_log_prob(value, self.mean, self.std)
+
+
+def gaussian_log_prob(value: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """sum over non-batch dims of log N(value; mean, std^2) ``[B]`` (float32); 0 where ``std`` is 0.
+
+    value, mean ``[B, ...]``; std broadcastable, constant over the non-batch dims of each sample."""
+    value, mean, std = value.float(), mean.float(), std.float().expand_as(mean)
+    random = std > 0
+    safe = torch.where(random, std, torch.ones_like(std))
+    # 1. -(x - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2, element by element
+    density = -((value - mean) ** 2) / (2 * safe**2) - safe.log() - 0.5 * math.log(2 * math.pi)
+    # 2. a deterministic sample contributes 0; 3. sum over the sample's elements
+    return torch.where(random, density, torch.zeros_like(density)).flatten(1).sum(1)
 
 
 class BatchedScheduler:
@@ -78,7 +120,7 @@ class BatchedScheduler:
         """Forward process q(x_t | x0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, per-sample t ``[B]``."""
         return self.scheduler.add_noise(x0, noise, timesteps)
 
-    def step(self, action: Tensor, step_index: Tensor, sample: Tensor, noise: Tensor | None = None) -> Tensor:
+    def step(self, action: Tensor, step_index: Tensor, sample: Tensor, noise: Tensor | None = None) -> StepOutput:
         """One reverse step x_t -> x_{t_prev} for every sample.
 
         Args:
@@ -87,10 +129,17 @@ class BatchedScheduler:
             sample: x_t ``[B, C, h, w]``.
             noise: standard normal noise ``[B, C, h, w]``; required iff `stochastic`.
         Returns:
-            x_{t_prev} ``[B, C, h, w]``.
+            `StepOutput`: x_{t_prev} = mean + std * noise, with the mean, std and x0_hat of the step.
         """
         if self.stochastic and noise is None:
             raise ValueError("This schedule is stochastic (DDPM or DDIM with eta > 0): pass `noise`.")
+        out = self.distribution(action, step_index, sample)
+        if self.stochastic:  # 4. the sample (diffusers adds the noise term the same way)
+            out.prev_sample = out.mean + out.std * noise
+        return out
+
+    def distribution(self, action: Tensor, step_index: Tensor, sample: Tensor) -> StepOutput:
+        """Mean and std of x_{t_prev} given x_t and the action; ``prev_sample`` is the mean (no noise drawn)."""
         step_index = step_index.to(self.timesteps.device)
         t = self.timesteps[step_index]
         alpha_prod_t = _per_sample(self.alphas_cumprod[t], sample).to(sample.device)
@@ -100,26 +149,29 @@ class BatchedScheduler:
         if self.clip_sample_range is not None:
             pred_original_sample = pred_original_sample.clamp(-self.clip_sample_range, self.clip_sample_range)
         if self.is_ddim:
-            return self._ddim(action, sample, pred_original_sample, alpha_prod_t, alpha_prod_t_prev, noise)
-        return self._ddpm(sample, pred_original_sample, alpha_prod_t, alpha_prod_t_prev, _per_sample(t, sample), noise)
+            mean, std = self._ddim(action, pred_original_sample, alpha_prod_t, alpha_prod_t_prev)
+        else:
+            mean, std = self._ddpm(sample, pred_original_sample, alpha_prod_t, alpha_prod_t_prev, _per_sample(t, sample))
+        return StepOutput(prev_sample=mean, pred_original_sample=pred_original_sample, mean=mean, std=std)
 
-    def _ddim(self, action, sample, pred_original_sample, alpha_prod_t, alpha_prod_t_prev, noise):
+    def _ddim(self, action, pred_original_sample, alpha_prod_t, alpha_prod_t_prev) -> tuple[Tensor, Tensor]:
+        # DDIM (Song et al. 2021, eq. 12): 1. sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) *
+        # sqrt(1 - abar_t / abar_prev); 2. the direction pointing to x_t; 3. mean = sqrt(abar_prev) x0_hat + direction
         beta_prod_t = 1 - alpha_prod_t
         variance = ((1 - alpha_prod_t_prev) / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
         std_dev_t = self.eta * variance ** (0.5)
         pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** (0.5) * action
-        prev_sample = alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction
-        if self.eta > 0:
-            prev_sample = prev_sample + std_dev_t * noise
-        return prev_sample
+        return alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction, std_dev_t
 
-    def _ddpm(self, sample, pred_original_sample, alpha_prod_t, alpha_prod_t_prev, t, noise):
+    def _ddpm(self, sample, pred_original_sample, alpha_prod_t, alpha_prod_t_prev, t) -> tuple[Tensor, Tensor]:
+        # DDPM posterior q(x_prev | x_t, x0_hat) (Ho et al. 2020, eqs. 6-7): 1. mean = c0 x0_hat + ct x_t;
+        # 2. variance = (1 - abar_prev) / (1 - abar_t) * beta_t ("fixed_small"), no noise at t = 0
         beta_prod_t = 1 - alpha_prod_t
         beta_prod_t_prev = 1 - alpha_prod_t_prev
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
         pred_original_sample_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
         current_sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
-        prev_sample = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
+        mean = pred_original_sample_coeff * pred_original_sample + current_sample_coeff * sample
         variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
-        return prev_sample + torch.where(t > 0, variance ** (0.5) * noise, torch.zeros_like(noise))
+        return mean, torch.where(t > 0, variance ** (0.5), torch.zeros_like(variance))
