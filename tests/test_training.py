@@ -121,7 +121,10 @@ def test_lr_actor_none_takes_the_pretrained_folders_recommendation(tiny_sd_path:
     (folder / FINETUNING_FILE).write_text('{"lr_actor": 2e-4}')
     cfg = config(folder, instance_dir, tmp_path / "b", lr_actor=None, max_steps=1)
     assert cfg.resolved_lr_actor() == 2e-4
-    assert Trainer(cfg).scheduler.base_lrs[0] == 2e-4  # what the optimizer uses
+    trainer = Trainer(cfg)
+    assert trainer.scheduler.base_lrs[0] == 2e-4  # what the optimizer uses
+    exported = trainer.train().model_dir  # the personalised model recommends what its base model did
+    assert config(exported, instance_dir, tmp_path / "f", lr_actor=None).resolved_lr_actor() == 2e-4
     assert config(folder, instance_dir, tmp_path / "c", lr_actor=1e-5).resolved_lr_actor() == 1e-5  # explicit wins
     (folder / FINETUNING_FILE).write_text('{"lr_actor": "fast"}')
     with pytest.raises(ModelLoadError, match="must map setting names to numbers.*fix or delete it"):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from diffrl.io import disk_space_for
-from diffrl.models import SDComponents
+from diffrl.models import FINETUNING_FILE, SDComponents, recommended_finetuning
 from diffrl.training.checkpoint import METADATA_BYTES, replace_dir_atomically
 from diffrl.training.config import TrainConfig
 
@@ -27,6 +28,9 @@ def save_model(config: TrainConfig, components: SDComponents, target: Path | Non
             pipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(components.unet), safe_serialization=True)
         else:
             pipeline.save_pretrained(folder, safe_serialization=True)
+            recommended = recommended_finetuning(config.pretrained)
+            if recommended:  # a further fine-tuning of this model resolves lr_actor=None as its base model did
+                (folder / FINETUNING_FILE).write_text(json.dumps(recommended, indent=2) + "\n")
         (folder / "training_config.json").write_text(config.to_json())
 
     target = Path(target or config.model_dir)
