@@ -1,0 +1,103 @@
+"""DDPO / GRPO losses over stored denoising transitions, and group-relative advantages (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffrl.agents import UNetActor
+from diffrl.envs import DenoisingConfig, DenoisingEnv
+from diffrl.models import load_sd_components
+from diffrl.objectives.advantages import group_normalized
+from diffrl.objectives.ddpo import DDPOConfig, DDPOLoss
+from diffrl.objectives.grpo import GRPOConfig, GRPOLoss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = ["a sks dog", "a sks dog", "a red cat", "a red cat"]
+
+
+@pytest.fixture
+def components(tiny_sd_path):
+    return load_sd_components(tiny_sd_path, scheduler="ddim")
+
+
+def transitions(components, eta: float = 1.0):
+    """A rollout of 3 steps for 4 samples (2 prompts x 2), flattened to [12], with group-relative advantages of the
+    final latents' negative squared norm."""
+    env = DenoisingEnv(components, PROMPTS, batch_size=4, config=DenoisingConfig(num_inference_steps=3, eta=eta), seed=0)
+    actor = UNetActor(components.unet, guidance_scale=3.0)
+    with torch.no_grad():
+        rollout = env.rollout(3, policy=actor)
+    reward = -rollout[:, -1]["next", "latents"].pow(2).flatten(1).mean(1)
+    advantage = group_normalized(reward, torch.tensor([0, 0, 1, 1]))
+    rollout["advantage"] = advantage[:, None].expand(4, 3)
+    return env, actor, rollout.reshape(-1)
+
+
+def test_group_normalized_advantages_are_standardised_within_each_prompt():
+    rewards = torch.tensor([1.0, 3.0, 10.0, 10.0, 20.0, -5.0])
+    groups = torch.tensor([7, 7, 2, 2, 2, 9])
+    advantages = group_normalized(rewards, groups)
+    for group in (7, 2):
+        chosen = advantages[groups == group]
+        assert chosen.mean().abs() < 1e-5 and (chosen.pow(2).mean() - 1).abs() < 1e-3
+    torch.testing.assert_close(advantages[:2], torch.tensor([-1.0, 1.0]), rtol=0, atol=1e-5)
+    assert advantages[5] == 0  # alone in its group: nothing to compare with
+    with pytest.raises(ValueError, match="NaN or inf at samples \\[1\\]"):
+        group_normalized(torch.tensor([1.0, float("nan")]), torch.tensor([0, 0]))
+
+
+def test_ddpo_ratio_is_one_on_the_first_inner_epoch_and_moves_after_a_step(components):
+    env, actor, batch = transitions(components)
+    loss = DDPOLoss(env, actor, DDPOConfig(clip_range=0.2))
+    out = loss(batch)
+    torch.testing.assert_close(out["ratio"], torch.tensor(1.0), rtol=0, atol=1e-4)
+    assert out["clip_fraction"] == 0 and out["approx_kl"].abs() < 1e-6
+    out["loss_actor"].backward()
+    grads = [p.grad for p in loss.actor_parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+    with torch.no_grad():
+        for p in loss.actor_parameters():
+            p -= 1e-2 * p.grad.sign()
+    moved = loss(batch)
+    assert (moved["ratio"] - 1).abs() > 1e-3
+
+
+def test_ddpo_loss_is_the_clipped_surrogate(components):
+    env, actor, batch = transitions(components)
+    batch["next", "sample_log_prob"] = batch["next", "sample_log_prob"] - torch.linspace(-0.3, 0.3, len(batch))
+    loss = DDPOLoss(env, actor, DDPOConfig(clip_range=0.1, advantage_clip=0.5))
+    with torch.no_grad():
+        out = loss(batch)
+        ratio = (env.log_prob(batch, loss.action(batch)) - batch["next", "sample_log_prob"]).exp()
+    advantage = batch["advantage"].clamp(-0.5, 0.5)
+    expected = -torch.minimum(ratio * advantage, ratio.clamp(0.9, 1.1) * advantage).mean()
+    torch.testing.assert_close(out["loss_actor"], expected, rtol=1e-5, atol=1e-6)
+    assert 0 < out["clip_fraction"] < 1
+
+
+def test_grpo_kl_to_the_reference_is_zero_for_the_same_policy_and_grows_after_a_step(components):
+    env, actor, batch = transitions(components)
+    frozen = UNetActor(load_sd_components(components.source).unet, guidance_scale=3.0)
+    loss = GRPOLoss(env, actor, GRPOConfig(kl_weight=0.5), reference_actor=frozen)
+    out = loss(batch)
+    assert out["kl"].abs() < 1e-6
+    out["loss_actor"].backward()
+    with torch.no_grad():
+        for p in loss.actor_parameters():
+            p -= 1e-2 * p.grad.sign()
+    after = loss(batch)
+    assert after["kl"] > 1e-4
+    assert not any(p is q for p in loss.actor_parameters() for q in frozen.parameters())
+
+
+def test_policy_gradient_losses_reject_what_they_cannot_use(components):
+    env, actor, batch = transitions(components)
+    with pytest.raises(ValueError, match="needs stochastic steps"):
+        DDPOLoss(transitions(components, eta=0.0)[0], actor)
+    with pytest.raises(ValueError, match="kl_weight > 0 needs the frozen reference policy"):
+        GRPOLoss(env, actor, GRPOConfig(kl_weight=0.1))
+    with pytest.raises(KeyError, match="advantage"):
+        DDPOLoss(env, actor)(batch.exclude("advantage"))
+    with pytest.raises(ValueError, match="clip_range"):
+        DDPOConfig(clip_range=0.0)
