@@ -101,3 +101,41 @@ def test_policy_gradient_losses_reject_what_they_cannot_use(components):
         DDPOLoss(env, actor)(batch.exclude("advantage"))
     with pytest.raises(ValueError, match="clip_range"):
         DDPOConfig(clip_range=0.0)
+
+
+class FinalBrightness(__import__("diffrl.rewards", fromlist=["Reward"]).Reward):
+    """Mean of the decoded final image: a black-box score of the sample."""
+
+    requires = frozenset({"images"})
+    differentiable = False
+
+    def forward(self, inputs):
+        return inputs.images.flatten(1).mean(1)
+
+
+def test_trajectory_collector_scores_groups_and_feeds_ddpo_with_ratio_one(components):
+    from diffrl.collectors import TrajectoryCollector, TrajectoryCollectorConfig
+
+    config = DenoisingConfig(num_inference_steps=3, eta=1.0, reward_mode="terminal")
+    env = DenoisingEnv(components, "x", batch_size=6, config=config, reward=FinalBrightness(), seed=0)
+    actor = UNetActor(components.unet, guidance_scale=3.0)
+    prompts = ["a red dog", "a blue cat", "a green duck", "a sks dog"]
+    collector = TrajectoryCollector(env, actor, prompts, TrajectoryCollectorConfig(prompts_per_batch=3, samples_per_prompt=2),
+                                    seed=1)
+    state = collector.state_dict()
+    batch = collector.collect()
+    assert batch.shape == (18,)
+    ids = batch["prompt_id"].view(6, 3)[:, 0]
+    assert len(set(ids.tolist())) == 3 and (ids.view(3, 2)[:, 0] == ids.view(3, 2)[:, 1]).all()
+    advantage = batch["advantage"].view(6, 3)[:, 0].view(3, 2)
+    assert torch.allclose(advantage.sum(1), torch.zeros(3), atol=1e-3)  # standardised within each prompt
+    out = DDPOLoss(env, actor)(batch)
+    torch.testing.assert_close(out["ratio"], torch.tensor(1.0), rtol=0, atol=1e-4)
+    collector.load_state_dict(state)
+    env.set_seed(0)
+    again = collector.collect()
+    assert torch.equal(again["prompt_id"], batch["prompt_id"])
+    torch.testing.assert_close(again["next", "latents"], batch["next", "latents"])
+    with pytest.raises(ValueError, match="terminal reward"):
+        TrajectoryCollector(DenoisingEnv(components, "x", batch_size=6, config=DenoisingConfig(eta=1.0), seed=0),
+                            actor, prompts, TrajectoryCollectorConfig(3, 2))
