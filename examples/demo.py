@@ -58,6 +58,13 @@ class DemoArgs:
     dpg_critic_states: int = 4
     threads: int = 2
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "score_every", "dpg_critic_states", "threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if len(self.subjects) < 2:
+            raise ConfigError(f"--subjects needs at least two zoo subjects (of different classes), got {self.subjects}.")
+
 
 def run_config(args: DemoArgs, subject: Subject, method: str) -> TrainConfig:
     """One run: the zoo model at its recommended learning rate, the subject's images, the DINO reward for DPG."""
@@ -157,5 +164,5 @@ def parse_args(argv: list[str] | None = None) -> DemoArgs:
 
 
 if __name__ == "__main__":
-    verbose = "-v" in sys.argv or "--verbose" in sys.argv
+    verbose = "-v" in sys.argv or "--verbose" in sys.argv  # known before parsing, which may itself fail
     sys.exit(run_reporting_user_errors(Path(sys.argv[0]).name, verbose, lambda: main(parse_args())))
