@@ -16,7 +16,7 @@ from diffrl.zoo.registry import zoo_paths
 from diffrl.zoo.subjects import write_subjects
 from diffrl.zoo.training.card import write_card
 from diffrl.zoo.training.clip import CLIPTrainConfig, refine_clip_vision, train_clip
-from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, stage_timer, world_data
+from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, stage_timer, world_data, written_atomically
 from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 from diffrl.zoo.training.evaluate import evaluate_zoo
 from diffrl.zoo.training.personalisation import PersonalisationConfig, measure_personalisation
@@ -97,7 +97,8 @@ def _run(stage: str, cfg: ZooBuildConfig) -> dict:
     if stage in ("dino", "dino_eval"):
         return train_dino(cfg.weights / stage, getattr(cfg, stage))
     if stage == "subjects":
-        return write_subjects(cfg.subjects)
+        with written_atomically(cfg.subjects) as tmp:  # the whole folder: no subject of an earlier build survives
+            return write_subjects(tmp)
     if stage == "eval":
         record = evaluate_zoo(cfg.weights, cfg.cache)
         record["personalisation"] = measure_personalisation(
