@@ -12,7 +12,9 @@ uniform over the schedule) are collected with the final policy, and for each tim
 - ``r2``: R^2 of Q against the TD targets on those transitions (`critic_diagnostics.band_r2`), in the band's units;
 - ``grad_cosine``: median over states of cos(d Q / d a, d r / d a) at a = mu(s), r the exact DINO reward;
 - ``lookforward_cosine``: the same cosine for -||x0_hat - x0||^2 in place of Q (what the authors' critic reduces to),
-  a reference point that needs no learning.
+  a reference point that needs no learning;
+- ``pair_r2``, ``target_std``, ``rmse``, ``pair_std`` (`critic_diagnostics.band_fit`): how well Q ranks the actions
+  of one state, and the spreads behind R^2.
 
 The JSON's headline ``grad_cosine`` and ``r2`` are medians over the bands in [300, 900) (acceptance: both >= 0.5),
 next to ``actor_grad_ratio`` (||d lam w Q / d theta|| / ||d eps-MSE / d theta||), the per-band figures, the budget and
@@ -131,6 +133,9 @@ def score_critic(loss, data: list) -> dict:
     for index, (state, group) in enumerate(data):
         for band, value in critic_diagnostics.band_r2(loss, group).items():
             per_band.setdefault(band, {}).setdefault("r2_rounds", []).append(value)
+        for band, fit in critic_diagnostics.band_fit(loss, group).items():
+            for key, value in fit.items():
+                per_band.setdefault(band, {}).setdefault(key, []).append(value)
         grad_q, grad_r = critic_diagnostics.action_gradients(loss, state)
         action = state["action"].detach().clone().requires_grad_(True)
         abar = loss.env.schedule.abar(state["timestep"])
@@ -147,7 +152,8 @@ def score_critic(loss, data: list) -> dict:
     bands = {
         band: {"r2": statistics.fmean(v.get("r2_rounds", [float("nan")])),
                "grad_cosine": statistics.median(v["grad_cosine"]),
-               "lookforward_cosine": statistics.median(v["lookforward_cosine"]), "states": len(v["grad_cosine"])}
+               "lookforward_cosine": statistics.median(v["lookforward_cosine"]), "states": len(v["grad_cosine"]),
+               **{key: statistics.fmean(v[key]) for key in ("target_std", "rmse", "pair_std", "pair_r2") if key in v}}
         for band, v in sorted(per_band.items())
     }
     headline = [bands[b] for b in HEADLINE_BANDS if b in bands]
@@ -155,6 +161,7 @@ def score_critic(loss, data: list) -> dict:
         "grad_cosine": statistics.median(b["grad_cosine"] for b in headline),
         "r2": statistics.median(b["r2"] for b in headline),
         "lookforward_cosine": statistics.median(b["lookforward_cosine"] for b in headline),
+        "pair_r2": statistics.median(b.get("pair_r2", float("nan")) for b in headline),
         "actor_grad_ratio": statistics.median(ratios),
         "bands": bands,
     }
@@ -189,7 +196,9 @@ def run(probe: ProbeConfig) -> dict:
           f"{result['target']['r2']:+.3f}")
     for band, scores in result["bands"].items():
         print(f"band {band}: t in [{band * 100}, {band * 100 + 100}): r2 {scores['r2']:+.3f}  grad_cosine "
-              f"{scores['grad_cosine']:+.3f}  lookforward_cosine {scores['lookforward_cosine']:+.3f}  "
+              f"{scores['grad_cosine']:+.3f}  lookforward_cosine {scores['lookforward_cosine']:+.3f}  pair_r2 "
+              f"{scores.get('pair_r2', float('nan')):+.3f}  target std {scores.get('target_std', float('nan')):.4f} "
+              f"rmse {scores.get('rmse', float('nan')):.4f}  pair std {scores.get('pair_std', float('nan')):.4f}  "
               f"({scores['states']} states)")
     return result
 

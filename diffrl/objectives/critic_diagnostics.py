@@ -33,6 +33,29 @@ def band_r2(loss: DPGLoss, group: TensorDictBase) -> dict[int, float]:
     return scores
 
 
+def band_fit(loss: DPGLoss, group: TensorDictBase) -> dict[int, dict[str, float]]:
+    """Per timestep band of the critic, on collected transitions ``group`` ``[N]`` with K + 1 actions each (not
+    trained on), in reward units: ``"target_std"`` (spread of the TD targets y), ``"rmse"`` (of Q - y),
+    ``"pair_std"`` (spread of y_k - y_0, what the action changes) and ``"pair_r2"`` (R^2 of Q(s, b_k) - Q(s, b_0)
+    against y_k - y_0: how well the critic ranks the actions of one state, the part the actor reads)."""
+    n, k1 = group["action"].shape[:2]
+    rows = loss.rows(group)
+    with torch.no_grad():
+        target = loss.td_target(rows).view(n, k1)
+        q = loss.q_value(loss.critic_params, rows, rows["action"]).view(n, k1)
+    bands = loss.critic.band(group["timestep"])
+    out = {}
+    for band in bands.unique().tolist():
+        chosen = bands == band
+        if chosen.sum() < 2:
+            continue
+        y, value = target[chosen], q[chosen]
+        dy, dq = (y[:, 1:] - y[:, :1]).flatten(), (value[:, 1:] - value[:, :1]).flatten()
+        out[int(band)] = {"target_std": float(y.std()), "rmse": float((value - y).pow(2).mean().sqrt()),
+                          "pair_std": float(dy.std()), "pair_r2": float(r_squared(dq, dy))}
+    return out
+
+
 def action_gradients(loss: DPGLoss, state: TensorDictBase) -> tuple[Tensor, Tensor]:
     """d Q(s, a) / d a and d r(s, a) / d a at the policy's action a = mu(s), each ``[M, C, h, w]``.
 
