@@ -1,7 +1,7 @@
 """The offline demo (`make demo`): personalise two subjects of the bundled emoji zoo with DreamBooth and with DPG,
 score both as they train, and draw what came out.
 
-    python examples/demo.py                              # ~3 min on 2 CPU cores; a rerun re-plots (--resume auto)
+    python examples/demo.py                              # under 3 min on 2 CPU cores; a rerun re-plots
     python examples/demo.py --subjects black_cat racing_car --steps 300 --output-dir outputs/demo2
 
 Every run (subject x method) trains from the same zoo model with the same seed, so DreamBooth and DPG see the same
@@ -52,10 +52,10 @@ class DemoArgs:
     """
 
     subjects: list[str] = field(default_factory=lambda: ["guide_dog", "fancy_boot"])
-    steps: int = 200
-    score_every: int = 50
+    steps: int = 80
+    score_every: int = 20
     output_dir: Path = Path("outputs/demo")
-    dpg_critic_states: int = 4
+    dpg_critic_states: int = 2
     threads: int = 2
 
     def __post_init__(self) -> None:
