@@ -130,12 +130,12 @@ def score_critic(loss, data: list) -> dict:
     """The probe's figures of the critic in ``loss.critic_params`` on held-out ``(state, group)`` pairs."""
     per_band: dict[int, dict[str, list[float]]] = {}
     ratios = []
-    for index, (state, group) in enumerate(data):
-        for band, value in critic_diagnostics.band_r2(loss, group).items():
-            per_band.setdefault(band, {}).setdefault("r2_rounds", []).append(value)
-        for band, fit in critic_diagnostics.band_fit(loss, group).items():
-            for key, value in fit.items():
-                per_band.setdefault(band, {}).setdefault(key, []).append(value)
+    pooled = torch.cat([group for _, group in data])  # R^2 and spreads over all held-out states of a band at once
+    for band, value in critic_diagnostics.band_r2(loss, pooled).items():
+        per_band.setdefault(band, {})["r2"] = [value]
+    for band, fit in critic_diagnostics.band_fit(loss, pooled).items():
+        per_band.setdefault(band, {}).update({key: [value] for key, value in fit.items()})
+    for index, (state, _) in enumerate(data):
         grad_q, grad_r = critic_diagnostics.action_gradients(loss, state)
         action = state["action"].detach().clone().requires_grad_(True)
         abar = loss.env.schedule.abar(state["timestep"])
@@ -150,7 +150,7 @@ def score_critic(loss, data: list) -> dict:
         if index < 4:
             ratios.append(critic_diagnostics.actor_gradient_ratio(loss, state))
     bands = {
-        band: {"r2": statistics.fmean(v.get("r2_rounds", [float("nan")])),
+        band: {"r2": statistics.fmean(v.get("r2", [float("nan")])),
                "grad_cosine": statistics.median(v["grad_cosine"]),
                "lookforward_cosine": statistics.median(v["lookforward_cosine"]), "states": len(v["grad_cosine"]),
                **{key: statistics.fmean(v[key]) for key in ("target_std", "rmse", "pair_std", "pair_r2") if key in v}}
