@@ -9,7 +9,7 @@ default (`diffrl.objectives.DPGConfig`); only the steps, the actor's learning ra
 are set here. After training, ``--heldout-states`` new noised states of the subject's images (a generator of their own,
 uniform over the schedule) are collected with the final policy, and for each timestep band of the critic:
 
-- ``r2``: R^2 of Q against the TD targets on those transitions (`critic_diagnostics.band_r2`), in the band's units;
+- ``r2``: R^2 of Q against the TD targets on those transitions (`critic_diagnostics.band_fit`), in the band's units;
 - ``grad_cosine``: median over states of cos(d Q / d a, d r / d a) at a = mu(s), r the exact DINO reward;
 - ``lookforward_cosine``: the same cosine for -||x0_hat - x0||^2 in place of Q (what the authors' critic reduces to),
   a reference point that needs no learning;
@@ -131,8 +131,6 @@ def score_critic(loss, data: list) -> dict:
     per_band: dict[int, dict[str, list[float]]] = {}
     ratios = []
     pooled = torch.cat([group for _, group in data])  # R^2 and spreads over all held-out states of a band at once
-    for band, value in critic_diagnostics.band_r2(loss, pooled).items():
-        per_band.setdefault(band, {})["r2"] = [value]
     for band, fit in critic_diagnostics.band_fit(loss, pooled).items():
         per_band.setdefault(band, {}).update({key: [value] for key, value in fit.items()})
     for index, (state, _) in enumerate(data):

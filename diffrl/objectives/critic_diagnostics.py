@@ -19,40 +19,34 @@ from diffrl.rewards import RewardInputs
 def band_r2(loss: DPGLoss, group: TensorDictBase) -> dict[int, float]:
     """R^2 of the critic on collected transitions ``group`` (from `DPGLoss.collect`, not trained on), per timestep
     band of the critic (`QCritic.band`), in the band's normalised units: 1 - SSE / SST within the band, with the TD
-    targets of the current target critic. Bands with fewer than 2 transitions are left out."""
-    rows = loss.rows(group)
-    with torch.no_grad():
-        q_norm, target_norm, _ = loss.critic_fit(rows, update_statistics=False)
-    bands = loss.critic.band(rows["timestep"])
-    scores = {}
-    for band in bands.unique().tolist():
-        chosen = bands == band
-        if chosen.sum() < 2:
-            continue
-        scores[int(band)] = float(r_squared(q_norm[chosen], target_norm[chosen]))
-    return scores
+    targets of the current target critic (the ``"r2"`` of `band_fit`)."""
+    return {band: fit["r2"] for band, fit in band_fit(loss, group).items()}
 
 
 def band_fit(loss: DPGLoss, group: TensorDictBase) -> dict[int, dict[str, float]]:
     """Per timestep band of the critic, on collected transitions ``group`` ``[N]`` with K + 1 actions each (not
-    trained on), in reward units: ``"target_std"`` (spread of the TD targets y), ``"rmse"`` (of Q - y),
-    ``"pair_std"`` (spread of y_k - y_0, what the action changes) and ``"pair_r2"`` (R^2 of Q(s, b_k) - Q(s, b_0)
-    against y_k - y_0: how well the critic ranks the actions of one state, the part the actor reads)."""
+    trained on): ``"r2"`` (see `band_r2`) and, for bands with at least 2 states, in reward units, ``"target_std"``
+    (spread of the TD targets y), ``"rmse"`` (of Q - y), ``"pair_std"`` (spread of y_k - y_0, what the action
+    changes) and ``"pair_r2"`` (R^2 of Q(s, b_k) - Q(s, b_0) against y_k - y_0: how well the critic ranks the actions
+    of one state, the part the actor reads). One critic forward over the group serves them all."""
     n, k1 = group["action"].shape[:2]
     rows = loss.rows(group)
     with torch.no_grad():
-        target = loss.td_target(rows).view(n, k1)
-        q = loss.q_value(loss.critic_params, rows, rows["action"]).view(n, k1)
+        q_norm, target_norm, target = loss.critic_fit(rows, update_statistics=False)
+        with loss.critic_params.to_module(loss.critic, preserve_module_state=False):
+            q = loss.critic.denormalize(q_norm, rows["timestep"])
+    q_norm, target_norm, q, target = (value.view(n, k1) for value in (q_norm, target_norm, q, target))
     bands = loss.critic.band(group["timestep"])
     out = {}
     for band in bands.unique().tolist():
-        chosen = bands == band
+        chosen = bands == band  # every state has K + 1 >= 2 transitions: R^2 is defined for one state already
+        out[int(band)] = {"r2": float(r_squared(q_norm[chosen].flatten(), target_norm[chosen].flatten()))}
         if chosen.sum() < 2:
             continue
         y, value = target[chosen], q[chosen]
         dy, dq = (y[:, 1:] - y[:, :1]).flatten(), (value[:, 1:] - value[:, :1]).flatten()
-        out[int(band)] = {"target_std": float(y.std()), "rmse": float((value - y).pow(2).mean().sqrt()),
-                          "pair_std": float(dy.std()), "pair_r2": float(r_squared(dq, dy))}
+        out[int(band)].update(target_std=float(y.std()), rmse=float((value - y).pow(2).mean().sqrt()),
+                              pair_std=float(dy.std()), pair_r2=float(r_squared(dq, dy)))
     return out
 
 
