@@ -43,20 +43,27 @@ class StepOutput:
     def log_prob(self, value: Tensor) -> Tensor:
         """log N(value; mean, std^2 I) per sample ``[B]`` (summed over C, h, w), in float32; 0 for a deterministic
         step (std = 0), which has no density and contributes nothing to a likelihood-ratio gradient."""
-        return gaussian_log_prob(value, self.mean, self.std)
+        std, safe = _std(self.std, self.mean)
+        # -(x - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2, element by element
+        density = -((value.float() - self.mean.float()) ** 2) / (2 * safe**2) - safe.log() - 0.5 * math.log(2 * math.pi)
+        return _sum_random(density, std)
+
+    def kl(self, other: StepOutput) -> Tensor:
+        """KL(self || other) per sample ``[B]`` (float32) for a step of the same std (another action at the same state):
+        ||mean - other.mean||^2 / (2 std^2) summed over C, h, w; 0 for a deterministic step."""
+        std, safe = _std(self.std, self.mean)
+        return _sum_random((self.mean.float() - other.mean.float()) ** 2 / (2 * safe**2), std)
 
 
-def gaussian_log_prob(value: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """sum over non-batch dims of log N(value; mean, std^2) ``[B]`` (float32); 0 where ``std`` is 0.
+def _std(std: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-sample std expanded to ``like`` (float32), and the same with 1 where it is 0 (safe to divide by)."""
+    std = std.float().expand_as(like)
+    return std, torch.where(std > 0, std, torch.ones_like(std))
 
-    value, mean ``[B, ...]``; std broadcastable, constant over the non-batch dims of each sample."""
-    value, mean, std = value.float(), mean.float(), std.float().expand_as(mean)
-    random = std > 0
-    safe = torch.where(random, std, torch.ones_like(std))
-    # 1. -(x - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2, element by element
-    density = -((value - mean) ** 2) / (2 * safe**2) - safe.log() - 0.5 * math.log(2 * math.pi)
-    # 2. a deterministic sample contributes 0; 3. sum over the sample's elements
-    return torch.where(random, density, torch.zeros_like(density)).flatten(1).sum(1)
+
+def _sum_random(values: Tensor, std: Tensor) -> Tensor:
+    """Sum over the non-batch dims of ``values`` ``[B, ...]``; a deterministic sample (std 0) contributes 0."""
+    return torch.where(std > 0, values, torch.zeros_like(values)).flatten(1).sum(1)
 
 
 class BatchedScheduler:

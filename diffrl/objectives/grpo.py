@@ -33,7 +33,8 @@ class GRPOLoss(DDPOLoss):
 
     The advantages come with the transitions: `diffrl.objectives.advantages.group_normalized` over the G samples of
     each prompt (the group's mean reward is the baseline, no critic). Both policies step with the same std, so the
-    per-step KL is ``||mean_theta - mean_ref||^2 / (2 std^2)`` summed over the latent (0 for deterministic steps).
+    per-step KL is ``||mean_theta - mean_ref||^2 / (2 std^2)`` summed over the latent (`StepOutput.kl`; 0 for
+    deterministic steps).
 
     Logged besides DDPO's: ``"kl"`` (mean per-step KL to the reference policy, when ``kl_weight > 0``).
 
@@ -58,11 +59,7 @@ class GRPOLoss(DDPOLoss):
             reference = self.action(transitions, self.reference_actor)
         step, latents = transitions["step"], transitions["latents"]
         ours = self.env.schedule.distribution(action, step, latents)
-        theirs = self.env.schedule.distribution(reference, step, latents)
-        random = (ours.std > 0).flatten()
-        safe = torch.where(ours.std > 0, ours.std, torch.ones_like(ours.std)).float()
-        kl = ((ours.mean.float() - theirs.mean.float()) ** 2 / (2 * safe**2)).flatten(1).sum(1)
-        return torch.where(random, kl, torch.zeros_like(kl))
+        return ours.kl(self.env.schedule.distribution(reference, step, latents))
 
     def forward(self, transitions: TensorDictBase) -> TensorDict:
         action = self.action(transitions)
