@@ -18,7 +18,6 @@ Writes to ``--output-dir``:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from diffrl.data.images import list_images  # noqa: E402
+from diffrl.arguments import add_dataclass_arguments, dataclass_from_args  # noqa: E402
 from diffrl.errors import run_reporting_user_errors  # noqa: E402
 from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, SubjectProgress, load_dreambench  # noqa: E402
 from diffrl.training import ConfigError, Progress, TrainConfig, Trainer, progress_curve, read_history  # noqa: E402
-from diffrl.zoo import load  # noqa: E402
+from diffrl.zoo import ZooPaths, load  # noqa: E402
 
 METHODS = ("dreambooth", "dpg")
 CONTEXTS = 3  # the first prompts of a zoo subject: "a sks <class> in the jungle" / "in the snow" / "on the beach"
@@ -66,9 +65,8 @@ class DemoArgs:
             raise ConfigError(f"--subjects needs at least two zoo subjects (of different classes), got {self.subjects}.")
 
 
-def run_config(args: DemoArgs, subject: Subject, method: str) -> TrainConfig:
+def run_config(args: DemoArgs, zoo: ZooPaths, subject: Subject, method: str) -> TrainConfig:
     """One run: the zoo model at its recommended learning rate, the subject's images, the DINO reward for DPG."""
-    zoo = load("emoji")
     return TrainConfig(
         pretrained=str(zoo.sd), instance_dir=str(Path(subject.image_paths[0]).parent),
         instance_prompt=f"a {subject.identifier} {subject.class_noun}", method=method, rewards={"dino": 1.0},
@@ -78,10 +76,10 @@ def run_config(args: DemoArgs, subject: Subject, method: str) -> TrainConfig:
     )
 
 
-def personalise(args: DemoArgs, subject: Subject, method: str, encoders: EvaluationEncoders) -> Path:
+def personalise(args: DemoArgs, zoo: ZooPaths, subject: Subject, method: str, encoders: EvaluationEncoders) -> Path:
     """Train one run (or continue / re-read a finished one), scored on the subject's first `CONTEXTS` prompts (2
     images each, DDIM 25 steps) as it goes; returns its folder."""
-    config = run_config(args, subject, method)
+    config = run_config(args, zoo, subject, method)
     print(f"{subject.name} / {method}: {config.max_steps} steps -> {config.output_dir}", flush=True)
     evaluation = EvaluationConfig(images_per_prompt=2, num_inference_steps=25, prompts_per_subject=CONTEXTS)
     score = SubjectProgress(subject, encoders, evaluation, Path(config.output_dir) / "progress")
@@ -95,15 +93,15 @@ def scored_images(run: Path, subject: Subject, step: int) -> list[Image.Image]:
     return [Image.open(folder / f"{p:02d}_0.png").convert("RGB") for p in range(CONTEXTS)]
 
 
-def draw_grid(rows: list[tuple[str, list[Image.Image]]], path: Path, cell: int = 128) -> None:
-    """Labelled rows of images, one figure."""
+def draw_grid(rows: list[tuple[str, list[Image.Image]]], contexts: list[str], path: Path, cell: int = 128) -> None:
+    """Labelled rows of images, one figure; ``contexts`` labels the columns."""
     fig, axes = plt.subplots(len(rows), CONTEXTS, figsize=(CONTEXTS * cell / 80, len(rows) * cell / 80), squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c, image in enumerate(images[:CONTEXTS]):
             axes[r, c].imshow(image.resize((cell, cell), Image.NEAREST))
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=8)
-    for c, context in enumerate(("in the jungle", "in the snow", "on the beach")):
+    for c, context in enumerate(contexts):
         axes[-1, c].set_xlabel(context, fontsize=8)  # the generated rows' prompts; a references row shows 3 of 5
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -132,12 +130,13 @@ def main(args: DemoArgs) -> int:
     encoders = zoo.encoders()
     rows, curves = [], {}
     for subject in subjects:
-        runs = {method: personalise(args, subject, method, encoders) for method in METHODS}
-        references = [Image.open(p).convert("RGB") for p in list_images(Path(subject.image_paths[0]).parent)]
+        runs = {method: personalise(args, zoo, subject, method, encoders) for method in METHODS}
+        references = [Image.open(path).convert("RGB") for path in subject.image_paths]
         rows += [(f"{subject.name}\nreferences", references), ("base model", scored_images(runs["dreambooth"], subject, 0))]
         rows += [(method, scored_images(run, subject, args.steps)) for method, run in runs.items()]
         curves[subject.name] = {m: progress_curve(read_history(run), "DINO") for m, run in runs.items()}
-    draw_grid(rows, args.output_dir / "grid.png")
+    contexts = [prompt.split(f" {subjects[0].class_noun} ", 1)[-1] for prompt in subjects[0].prompts[:CONTEXTS]]
+    draw_grid(rows, contexts, args.output_dir / "grid.png")
     draw_progress(curves, args.output_dir / "progress.png")
     for name, methods in curves.items():
         print(f"{name}: zoo-DINO at step 0 -> {args.steps}: " + ", ".join(
@@ -150,17 +149,9 @@ def main(args: DemoArgs) -> int:
 def parse_args(argv: list[str] | None = None) -> DemoArgs:
     """`DemoArgs` from the command line (one flag per field)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for item in dataclasses.fields(DemoArgs):
-        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        flag = f"--{item.name.replace('_', '-')}"
-        if isinstance(default, list):
-            parser.add_argument(flag, nargs="+", default=default, help=f"default: {' '.join(default)}")
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"default: {default}")
+    add_dataclass_arguments(parser, DemoArgs)
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
-    namespace = vars(parser.parse_args(argv))
-    namespace.pop("verbose")
-    return DemoArgs(**namespace)
+    return dataclass_from_args(DemoArgs, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

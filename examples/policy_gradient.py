@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from diffrl.agents import UNetActor
+from diffrl.arguments import add_dataclass_arguments, dataclass_from_args
 from diffrl.collectors import TrajectoryCollector, TrajectoryCollectorConfig
 from diffrl.envs import DenoisingConfig, DenoisingEnv
 from diffrl.models import CLIPEncoder, load_sd_components
 from diffrl.objectives import DDPOConfig, DDPOLoss, GRPOConfig, GRPOLoss
 from diffrl.rewards import ColorTargetReward
-from diffrl.sampling import generate
 from diffrl.zoo import CLASSES, CONTEXTS, caption, load
 
 
@@ -80,10 +80,12 @@ def heldout_scores(components, reward: ColorTargetReward, clip: CLIPEncoder, pro
                    args: Args) -> dict[str, float]:
     """Mean reward and zoo-CLIP class accuracy of ``args.heldout_images`` held-out samples (DDIM, fixed seeds)."""
     chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(123))[: args.heldout_images].tolist()
-    images = generate(components, [prompts[i] for i in chosen], num_inference_steps=args.inference_steps,
-                      guidance_scale=args.guidance, seed=args.seed + 7).float()
-    mean_rgb = images.mean(dim=(2, 3))
-    score = -(mean_rgb - reward.target).norm(dim=1)
+    env = DenoisingEnv(components, [prompts[i] for i in chosen], batch_size=len(chosen),
+                       config=DenoisingConfig(num_inference_steps=args.inference_steps, reward_mode="terminal"),
+                       reward=reward, seed=args.seed + 7)
+    final = env.rollout(args.inference_steps, policy=UNetActor(components.unet, guidance_scale=args.guidance))[:, -1]
+    score = final["next", "reward"].squeeze(-1)
+    images = env.decode(final["next", "latents"]).float()
     text = torch.nn.functional.normalize(clip.encode_texts([caption(noun) for noun in CLASSES]), dim=-1)
     predicted = (torch.nn.functional.normalize(clip.encode_images(images), dim=-1) @ text.T).argmax(1).tolist()
     accuracy = sum(CLASSES[p] == nouns[i] for p, i in zip(predicted, chosen)) / len(chosen)
@@ -141,14 +143,8 @@ def main(args: Args) -> dict:
 def parse_args(argv: list[str] | None = None) -> Args:
     """`Args` from the command line (one flag per field)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for item in dataclasses.fields(Args):
-        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        flag = f"--{item.name.replace('_', '-')}"
-        if isinstance(default, list):
-            parser.add_argument(flag, nargs="+", type=float, default=default, help=f"default: {default}")
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"default: {default}")
-    return Args(**vars(parser.parse_args(argv)))
+    add_dataclass_arguments(parser, Args)
+    return dataclass_from_args(Args, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""Dataclass -> command line (`diffrl.arguments`)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from diffrl.arguments import add_dataclass_arguments, dataclass_from_args
+
+
+@dataclass
+class Example:
+    steps: int = 3
+    rate: float = 0.5
+    out: Path = Path("runs/x")
+    names: list[str] = field(default_factory=lambda: ["a", "b"])
+    colour: list[float] = field(default_factory=lambda: [0.1, 0.2])
+
+
+def parse(*argv: str) -> Example:
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Example)
+    parser.add_argument("-v", action="store_true")  # an extra flag is not a field
+    return dataclass_from_args(Example, parser.parse_args(list(argv)))
+
+
+def test_each_field_is_a_typed_flag_with_its_default():
+    assert parse() == Example()
+    parsed = parse("--steps", "7", "--rate", "1e-3", "--out", "o", "--names", "x", "--colour", "1", "0.5", "0", "-v")
+    assert parsed == Example(steps=7, rate=1e-3, out=Path("o"), names=["x"], colour=[1.0, 0.5, 0.0])
+    assert isinstance(parsed.colour[0], float) and isinstance(parsed.out, Path)
+    with pytest.raises(SystemExit):
+        parse("--steps", "many")
