@@ -296,7 +296,7 @@ class Trainer:
         see `diffrl.training.progress`)."""
         config = self.config
         main = self.accelerator.is_main_process
-        if progress is not None and self.step == 0 and main and not read_history(config.output_dir)[:1]:
+        if progress is not None and self.step == 0 and main and not read_history(config.output_dir):
             scores = progress.measure(self.components, 0)  # the model before training
             self.history.append({"step": 0.0, **scores})
             self.run_dir.record(self.history[-1])
