@@ -13,8 +13,10 @@ uniform over the schedule) are collected with the final policy, and for each tim
 - ``grad_cosine``: median over states of cos(d Q / d a, d r / d a) at a = mu(s), r the exact DINO reward;
 - ``lookforward_cosine``: the same cosine for -||x0_hat - x0||^2 in place of Q (what the authors' critic reduces to),
   a reference point that needs no learning;
-- ``pair_r2``, ``target_std``, ``rmse``, ``pair_std`` (`critic_diagnostics.band_fit`): how well Q ranks the actions
-  of one state, and the spreads behind R^2.
+- ``pair_r2``, ``regression_r2``, ``target_std``, ``rmse``, ``pair_std`` (`critic_diagnostics.band_fit`): how well
+  Q ranks the actions of one state, how well the critic network fits its own target (with the default
+  ``critic_form="reward_value"``: the reward alone, while ``r2`` also scores the value of the next state), and the
+  spreads behind R^2.
 
 The JSON's headline ``grad_cosine`` and ``r2`` are medians over the bands in [300, 900) (acceptance: both >= 0.5),
 next to ``actor_grad_ratio`` (||d lam w Q / d theta|| / ||d eps-MSE / d theta||), the per-band figures, the budget and
@@ -108,7 +110,10 @@ def heldout(trainer: Trainer, probe: ProbeConfig) -> dict:
         state = loss.noised_states(trainer.batch(index), generator)
         data.append((state, loss.collect(state, generator)))
     result = score_critic(loss, data)
-    with swapped(loss.critic_params, loss.target_critic_params):
+    names = ["critic"] + ([] if loss.value_network is None else ["value_network"])
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(swapped(getattr(loss, f"{name}_params"), getattr(loss, f"target_{name}_params")))
         result["target"] = {k: v for k, v in score_critic(loss, data).items() if k != "actor_grad_ratio"}
     return result
 
@@ -141,6 +146,11 @@ def score_critic(loss, data: list) -> dict:
         (grad_lookforward,) = torch.autograd.grad(error, action)
         cosine = torch.nn.functional.cosine_similarity
         critic_cos = cosine(grad_q.flatten(1), grad_r.flatten(1), dim=1)
+        if loss.value_network is not None:  # the reward model's own gradient, without V(s'(s, a))
+            grad_model = critic_diagnostics.reward_model_gradient(loss, state)
+            for i, band in enumerate(loss.critic.band(state["timestep"]).tolist()):
+                cos_model = cosine(grad_model.flatten(1), grad_r.flatten(1), dim=1)
+                per_band.setdefault(band, {}).setdefault("reward_model_cosine", []).append(float(cos_model[i]))
         lookforward_cos = cosine(grad_lookforward.flatten(1), grad_r.flatten(1), dim=1)
         for i, band in enumerate(loss.critic.band(state["timestep"]).tolist()):
             per_band.setdefault(band, {}).setdefault("grad_cosine", []).append(float(critic_cos[i]))
@@ -151,7 +161,9 @@ def score_critic(loss, data: list) -> dict:
         band: {"r2": statistics.fmean(v.get("r2", [float("nan")])),
                "grad_cosine": statistics.median(v["grad_cosine"]),
                "lookforward_cosine": statistics.median(v["lookforward_cosine"]), "states": len(v["grad_cosine"]),
-               **{key: statistics.fmean(v[key]) for key in ("target_std", "rmse", "pair_std", "pair_r2") if key in v}}
+               **({"reward_model_cosine": statistics.median(v["reward_model_cosine"])} if "reward_model_cosine" in v else {}),
+               **{key: statistics.fmean(v[key]) for key in ("regression_r2", "target_std", "rmse", "pair_std", "pair_r2")
+                  if key in v}}
         for band, v in sorted(per_band.items())
     }
     headline = [bands[b] for b in HEADLINE_BANDS if b in bands]
@@ -160,6 +172,8 @@ def score_critic(loss, data: list) -> dict:
         "r2": statistics.median(b["r2"] for b in headline),
         "lookforward_cosine": statistics.median(b["lookforward_cosine"] for b in headline),
         "pair_r2": statistics.median(b.get("pair_r2", float("nan")) for b in headline),
+        "regression_r2": statistics.median(b.get("regression_r2", float("nan")) for b in headline),
+        "reward_model_cosine": statistics.median(b.get("reward_model_cosine", float("nan")) for b in headline),
         "actor_grad_ratio": statistics.median(ratios),
         "bands": bands,
     }
@@ -195,7 +209,7 @@ def run(probe: ProbeConfig) -> dict:
     for band, scores in result["bands"].items():
         print(f"band {band}: t in [{band * 100}, {band * 100 + 100}): r2 {scores['r2']:+.3f}  grad_cosine "
               f"{scores['grad_cosine']:+.3f}  lookforward_cosine {scores['lookforward_cosine']:+.3f}  pair_r2 "
-              f"{scores.get('pair_r2', float('nan')):+.3f}  target std {scores.get('target_std', float('nan')):.4f} "
+              f"{scores.get('pair_r2', float('nan')):+.3f}  regression_r2 {scores.get('regression_r2', float('nan')):+.3f}  target std {scores.get('target_std', float('nan')):.4f} "
               f"rmse {scores.get('rmse', float('nan')):.4f}  pair std {scores.get('pair_std', float('nan')):.4f}  "
               f"({scores['states']} states)")
     return result

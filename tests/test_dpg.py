@@ -60,7 +60,8 @@ def perturb_critic(loss: DPGLoss, steps: int = 3) -> None:
 
 # ------------------------------------------------------------------------------------------------------- TD target
 def test_td_target_equals_hand_computation(components):
-    loss = make_dpg(components, DPGConfig(gamma=0.9, reward_scale=2.0, tau=0.3, exploration_actions=2))
+    config = DPGConfig(gamma=0.9, reward_scale=2.0, tau=0.3, exploration_actions=2, critic_form="q")
+    loss = make_dpg(components, config)
     perturb_critic(loss)
     env, batch = loss.env, make_batch(loss.env)
     last = env.config.num_inference_steps - 1
@@ -83,7 +84,7 @@ def test_td_target_equals_hand_computation(components):
         x0_hat = (nxt["latents"] - (1 - abar).sqrt() * next_action) / abar.sqrt()
         embeds = state["prompt_embeds"].mean(1, keepdim=True).repeat_interleave(3, 0)
         next_q = target_critic(nxt["latents"], nxt["timestep"], embeds, next_action, x0_hat=x0_hat, x0=rows["x0"])
-        online_q = loss.q_value(loss.critic_params, nxt, next_action)
+        online_q = loss.q_value(nxt, next_action)
     torch.testing.assert_close(nxt["action"], next_action, rtol=1e-5, atol=1e-5)  # mu(s') stored at collection
     done = torch.tensor([False, True, False, True]).repeat_interleave(3)
     assert nxt["done"].tolist() == done.tolist()
@@ -96,9 +97,56 @@ def test_td_target_equals_hand_computation(components):
     torch.testing.assert_close(rows["reward"], -(x0_hat_t - rows["x0"]).pow(2).flatten(1).mean(1))
 
 
+def test_reward_value_form_by_hand(components):
+    """critic_form="reward_value": the critic regresses r, V(s) the policy's TD target, y = r + gamma (1 - done)
+    V_target(s'), and Q(s, a) = R(s, a) + gamma (1 - done) V(s'(s, a)) with s' the env's own step, differentiable in a."""
+    loss = make_dpg(components, DPGConfig(gamma=0.9, reward_scale=2.0, tau=0.3, exploration_actions=2))
+    assert loss.value_network is not None and loss.value_network.inputs == ("latents", "x0")
+    perturb_critic(loss)
+    env, batch = loss.env, make_batch(loss.env)
+    last = env.config.num_inference_steps - 1
+    start = batch.select("x0", "prompt_embeds", "negative_prompt_embeds").set("step", torch.tensor([0, last, 4, last]))
+    state = loss.actor(env.reset(start, set_state=True))
+    group = loss.collect(state)
+    assert not group["next", "action"].any()  # mu(s') is not needed: V reads s' alone
+    rows = loss.rows(group)
+    nxt = rows["next"]
+
+    def network(name: str, params):
+        copy_ = copy.deepcopy(getattr(loss, name))
+        copy_.load_state_dict(dict(params.flatten_keys(".").items()))
+        return copy_
+
+    value, target_value = network("value_network", loss.value_network_params), network("value_network", loss.target_value_network_params)
+    reward_model = network("critic", loss.critic_params)
+    done = torch.tensor([False, True, False, True]).repeat_interleave(3)
+    with torch.no_grad():
+        next_v = target_value(nxt["latents"], nxt["timestep"], rows["prompt_embeds"], None, x0=rows["x0"])
+        expected = 2.0 * rows["reward"] + 0.9 * (~done).float() * next_v
+        torch.testing.assert_close(loss.td_target(rows), expected, rtol=1e-5, atol=1e-5)
+        assert (next_v - value(nxt["latents"], nxt["timestep"], rows["prompt_embeds"], None, x0=rows["x0"])).abs().max() > 1e-3
+    # the critic network regresses the scaled reward (not y); V regresses y of the policy's own action
+    _, _, regressed = loss.critic_fit(rows, update_statistics=False)
+    torch.testing.assert_close(regressed, 2.0 * rows["reward"])
+    # Q(s, a) = R(s, a) + gamma (1 - done) V(s'(s, a)), s' the env's deterministic step, gradients reach the action
+    action = state["action"].detach().clone().requires_grad_(True)
+    q = loss.q_value(state, action)
+    following = env.step(state.exclude("action").set("action", action.detach()))["next"]
+    with torch.no_grad():
+        abar = components.scheduler.alphas_cumprod[state["timestep"]].view(-1, 1, 1, 1)
+        x0_hat = (state["latents"] - (1 - abar).sqrt() * action) / abar.sqrt()
+        embeds = state["prompt_embeds"].mean(1, keepdim=True)
+        r_hat = reward_model(state["latents"], state["timestep"], embeds, action, x0_hat=x0_hat, x0=state["x0"])
+        v_next = value(following["latents"], following["timestep"], embeds, None, x0=state["x0"])
+        ended = following["done"].squeeze(-1)
+    torch.testing.assert_close(q, r_hat + 0.9 * (~ended).float() * v_next, rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(q.sum(), action)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
 def test_gamma_zero_equals_the_one_step_regressor(components):
     outputs = []
-    for config in (DPGConfig(gamma=0.0, bootstrap=True), DPGConfig(gamma=0.9986, bootstrap=False)):
+    for config in (DPGConfig(gamma=0.0, bootstrap=True, critic_form="q"), DPGConfig(gamma=0.9986, bootstrap=False)):
         loss = make_dpg(components, config, seed=3)
         perturb_critic(loss)  # the same non-zero critic and target in both (make_dpg seeds torch)
         outputs.append(loss(make_batch(loss.reference_env, prior=True)))
@@ -107,7 +155,7 @@ def test_gamma_zero_equals_the_one_step_regressor(components):
     for key in bootstrapped.keys():
         torch.testing.assert_close(bootstrapped[key], one_step[key], rtol=0, atol=1e-6, msg=key)
     # and bootstrapping with gamma > 0 does change the target
-    loss = make_dpg(components, DPGConfig(gamma=0.9, bootstrap=True), seed=3)
+    loss = make_dpg(components, DPGConfig(gamma=0.9, bootstrap=True, critic_form="q"), seed=3)
     perturb_critic(loss)
     assert (loss(make_batch(loss.reference_env, prior=True))["td_target"] - one_step["td_target"]).abs() > 1e-6
 
@@ -129,7 +177,8 @@ def test_each_loss_term_moves_only_its_own_parameters(components):
     actor_params, critic_params = loss.actor_parameters(), loss.critic_parameters()
     lora = [p for name, p in components.unet.named_parameters() if "lora" in name]
     assert {id(p) for p in actor_params} == {id(p) for p in lora} | {id(p) for p in text_encoder.parameters()}
-    assert {id(p) for p in critic_params} == {id(p) for p in critic.parameters()}
+    value_params = {id(p) for p in loss.value_network.parameters()}  # V of the default critic_form "reward_value"
+    assert value_params and {id(p) for p in critic_params} == {id(p) for p in critic.parameters()} | value_params
     frozen = [p for name, p in components.unet.named_parameters() if "lora" not in name]
     assert all(not p.requires_grad for p in frozen)
 
@@ -169,7 +218,7 @@ def test_auxiliary_updates_train_the_critic_only(components):
     assert loss.auxiliary_updates == 2
     loss(make_batch(loss.reference_env))
     out = loss.auxiliary_loss()
-    assert set(out.keys()) == {"loss_critic", "q_value", "td_target", "td_error", "critic_r2"}
+    assert set(out.keys()) == {"loss_critic", "q_value", "td_target", "td_error", "critic_r2", "value_r2"}
     out["loss_critic"].backward()
     assert moved(loss.critic_parameters()) and untouched(loss.actor_parameters())
 
@@ -270,7 +319,7 @@ def test_critic_and_targets_are_fp32_under_bf16_autocast(components):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = loss(batch)
         state = loss.noised_states(batch)
-        q = loss.q_value(loss.critic_params, state, state["action"])
+        q = loss.q_value(state, state["action"])
     assert q.dtype == torch.float32 and out["loss_critic"].dtype == torch.float32
 
 

@@ -222,14 +222,14 @@ class DenoisingEnv(EnvBase):
         noise = self._randn(action.shape) if self.schedule.stochastic else None
         transition = self.schedule.step(action, step, latents, noise)
         next_latents = transition.prev_sample
-        next_step = step + 1
-        done = (next_step >= self.config.num_inference_steps).unsqueeze(-1)
+        next_step, next_timestep, done = self.following_step(step)
+        done = done.unsqueeze(-1)
         x0 = tensordict.get("x0", None)
         reward = self._reward(tensordict, action, latents, timestep, x0, next_latents, done)
         out = TensorDict(
             latents=next_latents,
             step=next_step,
-            timestep=torch.where(done.squeeze(-1), 0, self.schedule.timesteps[next_step.clamp(max=self.config.num_inference_steps - 1)]),
+            timestep=next_timestep,
             prompt_embeds=tensordict["prompt_embeds"],
             negative_prompt_embeds=tensordict["negative_prompt_embeds"],
             reward=reward,
@@ -243,6 +243,14 @@ class DenoisingEnv(EnvBase):
         if self.schedule.stochastic:
             out["sample_log_prob"] = transition.log_prob(next_latents)
         return out
+
+    def following_step(self, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The schedule position after ``step`` ``[B]``: next step index, its timestep (0 once done) and done, ``[B]``
+        each."""
+        next_step = step + 1
+        done = next_step >= self.config.num_inference_steps
+        last = self.config.num_inference_steps - 1
+        return next_step, torch.where(done, 0, self.schedule.timesteps[next_step.clamp(max=last)]), done
 
     def log_prob(self, tensordict: TensorDictBase, action: Tensor) -> Tensor:
         """log pi(x_{t_prev} | x_t) ``[B]`` (float32) of stored transitions under ``action``.

@@ -17,33 +17,34 @@ from diffrl.rewards import RewardInputs
 
 
 def band_r2(loss: DPGLoss, group: TensorDictBase) -> dict[int, float]:
-    """R^2 of the critic on collected transitions ``group`` (from `DPGLoss.collect`, not trained on), per timestep
-    band of the critic (`QCritic.band`), in the band's normalised units: 1 - SSE / SST within the band, with the TD
-    targets of the current target critic (the ``"r2"`` of `band_fit`)."""
+    """R^2 of Q against the TD targets of the current target networks on collected transitions ``group`` (from
+    `DPGLoss.collect`, not trained on), within each timestep band of the critic (`QCritic.band`): the ``"r2"`` of
+    `band_fit`."""
     return {band: fit["r2"] for band, fit in band_fit(loss, group).items()}
 
 
 def band_fit(loss: DPGLoss, group: TensorDictBase) -> dict[int, dict[str, float]]:
     """Per timestep band of the critic, on collected transitions ``group`` ``[N]`` with K + 1 actions each (not
-    trained on): ``"r2"`` (see `band_r2`) and, for bands with at least 2 states, in reward units, ``"target_std"``
-    (spread of the TD targets y), ``"rmse"`` (of Q - y), ``"pair_std"`` (spread of y_k - y_0, what the action
-    changes) and ``"pair_r2"`` (R^2 of Q(s, b_k) - Q(s, b_0) against y_k - y_0: how well the critic ranks the actions
-    of one state, the part the actor reads). One critic forward over the group serves them all."""
+    trained on): ``"r2"`` (see `band_r2`; a band's R^2 is the same in reward and in band-normalised units) and, for
+    bands with at least 2 states, in reward units, ``"target_std"`` (spread of the TD targets y), ``"rmse"`` (of
+    Q - y), ``"pair_std"`` (spread of y_k - y_0, what the action changes) and ``"pair_r2"`` (R^2 of Q(s, b_k) -
+    Q(s, b_0) against y_k - y_0: how well the critic ranks the actions of one state, the part the actor reads);
+    ``"regression_r2"``: R^2 of the critic network against its own regression target (the TD target for
+    ``critic_form="q"``, the reward for ``"reward_value"``, whose Q adds the value of the next state)."""
     n, k1 = group["action"].shape[:2]
     rows = loss.rows(group)
+    q, target = (value.view(n, k1) for value in loss.q_and_target(rows))
     with torch.no_grad():
-        q_norm, target_norm, target = loss.critic_fit(rows, update_statistics=False)
-        with loss.critic_params.to_module(loss.critic, preserve_module_state=False):
-            q = loss.critic.denormalize(q_norm, rows["timestep"])
-    q_norm, target_norm, q, target = (value.view(n, k1) for value in (q_norm, target_norm, q, target))
+        prediction, regressed = (value.view(n, k1) for value in loss.critic_fit(rows, update_statistics=False)[:2])
     bands = loss.critic.band(group["timestep"])
     out = {}
     for band in bands.unique().tolist():
         chosen = bands == band  # every state has K + 1 >= 2 transitions: R^2 is defined for one state already
-        out[int(band)] = {"r2": float(r_squared(q_norm[chosen].flatten(), target_norm[chosen].flatten()))}
+        y, value = target[chosen], q[chosen]
+        out[int(band)] = {"r2": float(r_squared(value.flatten(), y.flatten())),
+                          "regression_r2": float(r_squared(prediction[chosen].flatten(), regressed[chosen].flatten()))}
         if chosen.sum() < 2:
             continue
-        y, value = target[chosen], q[chosen]
         dy, dq = (y[:, 1:] - y[:, :1]).flatten(), (value[:, 1:] - value[:, :1]).flatten()
         out[int(band)].update(target_std=float(y.std()), rmse=float((value - y).pow(2).mean().sqrt()),
                               pair_std=float(dy.std()), pair_r2=float(r_squared(dq, dy)))
@@ -60,7 +61,7 @@ def action_gradients(loss: DPGLoss, state: TensorDictBase) -> tuple[Tensor, Tens
         raise ValueError(f"The reward {type(reward).__name__} is not differentiable: there is no d r / d a to compare.")
     state = state.detach()
     action = state["action"].clone().requires_grad_(True)
-    q = loss.q_value(loss.critic_params.detach(), state, action)
+    q = loss.q_value(state, action)
     (grad_q,) = torch.autograd.grad(q.sum(), action)
     action = state["action"].clone().requires_grad_(True)
     timestep = state["timestep"]
@@ -70,6 +71,14 @@ def action_gradients(loss: DPGLoss, state: TensorDictBase) -> tuple[Tensor, Tens
     )
     (grad_r,) = torch.autograd.grad(reward(inputs).sum(), action)
     return grad_q, grad_r
+
+
+def reward_model_gradient(loss: DPGLoss, state: TensorDictBase) -> Tensor:
+    """d R(s, a) / d a at a = mu(s) ``[M, C, h, w]``: the critic network alone, without the value of the next state
+    that ``critic_form="reward_value"`` adds to Q (for the default form, how much of Q's action gradient is R's)."""
+    action = state["action"].detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss._apply("critic", loss.critic_params.detach(), state.detach(), action).sum(), action)
+    return grad
 
 
 def gradient_cosine(loss: DPGLoss, state: TensorDictBase) -> Tensor:
@@ -87,7 +96,7 @@ def actor_gradient_ratio(loss: DPGLoss, state: TensorDictBase) -> float:
     action, timestep = state["action"], state["timestep"]
     weight = actor_weight(loss.config.actor_weighting, timestep, loss.env.schedule.abar(timestep).to(action),
                           loss.config.gamma)
-    q_term = loss.config.lam * (weight * loss.q_value(loss.critic_params.detach(), state, action)).mean()
+    q_term = loss.config.lam * (weight * loss.q_value(state, action)).mean()
     grads_q = torch.autograd.grad(q_term, params, retain_graph=True, allow_unused=True)
     grads_mse = torch.autograd.grad(loss.eps_mse(state), params, allow_unused=True)
 

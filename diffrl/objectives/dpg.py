@@ -20,6 +20,7 @@ from diffrl.objectives.weighting import ACTOR_WEIGHTINGS, actor_weight
 from diffrl.rewards import RewardInputs, look_forward
 
 EXPLORATION_SPACES = ("x0", "eps")
+CRITIC_FORMS = ("reward_value", "q")
 
 
 @dataclass
@@ -29,6 +30,13 @@ class DPGConfig:
     lam: lambda, the weight of ``-w(t) Q(s, mu(s))`` in the actor loss (after the warm-up and ramp).
     bootstrap: ``True``: y = r + gamma (1 - done) Q_target(s', mu(s')); ``False``: y = r, the one-step regressor of
         the authors' released code.
+    critic_form: how the bootstrapped Q(s, a) = r(s, a) + gamma Q(s', mu(s')) is represented.
+        ``"reward_value"``: Q(s, a) = R_phi(s, a) + gamma (1 - done) V_psi(s'(s, a)), where R_phi (the ``critic``)
+        regresses the immediate reward, V_psi (the ``value`` network) the policy's cumulative reward from a state by
+        TD on the policy's own transitions, V(s) ~ r(s, mu(s)) + gamma V_target(s'), and s'(s, a) is the scheduler's
+        step: the action reaches V through the exact, differentiable dynamics. ``"q"``: one network regressed on
+        y = r + gamma (1 - done) Q_target(s', mu(s')) (the paper's literal form; it must infer V(s') from (s, a)).
+        Without ``bootstrap`` both are R_phi alone.
     eps_weight: weight of the DreamBooth eps-MSE on the instance batch (the paper uses 1).
     prior_weight: weight of the prior-preservation eps-MSE (used when the batch has ``"prior"``).
     exploration_std: std of the Gaussian exploration noise of the critic's behaviour actions.
@@ -56,6 +64,7 @@ class DPGConfig:
     gamma: float = 0.9986
     lam: float = 1.0
     bootstrap: bool = True
+    critic_form: str = "reward_value"
     eps_weight: float = 1.0
     prior_weight: float = 1.0
     exploration_std: float = 0.1
@@ -63,7 +72,7 @@ class DPGConfig:
     exploration_actions: int = 4
     replay_size: int = 4096
     critic_batch_size: int = 32
-    critic_updates: int = 4
+    critic_updates: int = 16
     warmup_steps: int = 25
     lam_ramp_steps: int = 25
     actor_weighting: str = "gamma_t"
@@ -85,6 +94,8 @@ class DPGConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}.")
         if self.exploration_space not in EXPLORATION_SPACES:
             raise ValueError(f"exploration_space must be one of {list(EXPLORATION_SPACES)}, got {self.exploration_space!r}.")
+        if self.critic_form not in CRITIC_FORMS:
+            raise ValueError(f"critic_form must be one of {list(CRITIC_FORMS)}, got {self.critic_form!r}.")
         if self.actor_weighting not in ACTOR_WEIGHTINGS:
             raise ValueError(f"actor_weighting must be one of {list(ACTOR_WEIGHTINGS)}, got {self.actor_weighting!r}.")
         if not 0.0 < self.normalization_rate <= 1.0:
@@ -93,6 +104,11 @@ class DPGConfig:
             raise ValueError(f"tau (the soft target update rate) must be in (0, 1], got {self.tau}.")
         if self.critic_batch_size > self.replay_size:
             raise ValueError(f"critic_batch_size ({self.critic_batch_size}) must not exceed replay_size ({self.replay_size}).")
+
+    @property
+    def uses_value(self) -> bool:
+        """Whether Q is split into a reward model and a state-value network (``value`` of `DPGLoss`)."""
+        return self.bootstrap and self.critic_form == "reward_value"
 
 
 class DPGLoss(DiffusionLoss):
@@ -128,7 +144,11 @@ class DPGLoss(DiffusionLoss):
             t -> t-1 chain of SD v1): it steps the critic's transitions; its batch size is M, the critic's noised
             states per actor step.
         actor: ``UNetActor(unet, guidance_scale=1.0)``.
-        critic: the `QCritic`; its parameters are the trainable critic parameters, a target copy is created.
+        critic: the `QCritic` of Q(s, a), or of R(s, a) with ``critic_form="reward_value"``; a target copy is
+            created.
+        value_network: V(s) of ``critic_form="reward_value"``, a `QCritic` reading the state (``inputs=("latents",)``,
+            plus ``"x0"`` for rewards that compare with the reference); default: one of the critic's size, reading
+            ``"x0"`` too when the critic does. A target copy is created.
         config: hyperparameters.
         reference_env: the reference-mode env that noises the actor's x0 (default: ``env``, then with the same batch
             size). Pass the env a `DreamBoothLoss` of the same seed would use to make the two runs see the same noised
@@ -140,6 +160,9 @@ class DPGLoss(DiffusionLoss):
     critic: QCritic
     critic_params: TensorDictParams
     target_critic_params: TensorDictParams
+    value_network: QCritic | None
+    value_network_params: TensorDictParams
+    target_value_network_params: TensorDictParams
 
     def __init__(
         self,
@@ -148,6 +171,7 @@ class DPGLoss(DiffusionLoss):
         critic: QCritic,
         config: DPGConfig | None = None,
         *,
+        value_network: QCritic | None = None,
         reference_env: DenoisingEnv | None = None,
         text_encoder: nn.Module | None = None,
         seed: int | None = None,
@@ -158,12 +182,28 @@ class DPGLoss(DiffusionLoss):
             raise ValueError("DPGLoss learns a critic of the env's reward: build the env with `reward=...`.")
         if env.config.reward_mode != "per_step":
             raise ValueError(f"DPGLoss needs per-step rewards r(s_t, a): got reward_mode={env.config.reward_mode!r}.")
-        if critic.latent_shape != tuple(env.latent_shape):
-            raise ValueError(f"critic latent_shape {critic.latent_shape} != env latent shape {tuple(env.latent_shape)}.")
+        config = config or DPGConfig()
+        for name, network in (("critic", critic), ("value_network", value_network)):
+            if network is not None and network.latent_shape != tuple(env.latent_shape):
+                raise ValueError(f"{name} latent_shape {network.latent_shape} != env latent shape {tuple(env.latent_shape)}.")
+        if config.uses_value and value_network is None:  # V reads the state (and the reference when R reads it)
+            value_network = QCritic(critic.latent_shape, critic.text_proj.in_features,
+                                    inputs=("latents", "x0") if "x0" in critic.inputs else ("latents",))
+            value_network.to(next(critic.parameters()).device)
+        if value_network is not None:
+            if not config.uses_value:
+                raise ValueError("value_network is used only with bootstrap=True and critic_form='reward_value'.")
+            if set(value_network.inputs) & {"x0_hat", "action", "lookforward_error"}:
+                raise ValueError(f"The value network V(s) reads the state only: build it with inputs=('latents',) (and "
+                                 f"'x0' for rewards that compare with the reference), got {list(value_network.inputs)}.")
         super().__init__(env, actor, reference_env=reference_env, text_encoder=text_encoder, same_batch_size=False)
-        self.config = config or DPGConfig()
+        self.config = config
         self.convert_to_functional(critic, "critic", create_target_params=True)
-        self.target_updater = SoftUpdate(self, tau=self.config.tau)
+        if value_network is None:
+            self.value_network = None
+        else:
+            self.convert_to_functional(value_network, "value_network", create_target_params=True)
+        self.target_updater = SoftUpdate(self, tau=self.config.tau)  # every target_*_params
         self.rng = torch.Generator(device=env.device)
         self.rng.manual_seed(env.rng.initial_seed() + 1 if seed is None else seed)
         storage = LazyTensorStorage(self.config.replay_size, device=env.device)
@@ -171,7 +211,9 @@ class DPGLoss(DiffusionLoss):
         self.register_buffer("collected_batches", torch.zeros((), dtype=torch.int64))
 
     def critic_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.critic_params.values(True, True) if isinstance(p, nn.Parameter) and p.requires_grad]
+        """Trainable parameters of the critic and, with ``critic_form="reward_value"``, of the value network."""
+        tables = [self.critic_params] + ([] if self.value_network is None else [self.value_network_params])
+        return [p for table in tables for p in table.values(True, True) if isinstance(p, nn.Parameter) and p.requires_grad]
 
     @property
     def auxiliary_updates(self) -> int:
@@ -185,27 +227,52 @@ class DPGLoss(DiffusionLoss):
         with torch.autocast(device_type=self.env.device.type, enabled=False):
             yield
 
-    def _critic_inputs(self, state: TensorDictBase, action: Tensor) -> dict[str, Tensor]:
+    def _inputs(self, state: TensorDictBase, action: Tensor | None) -> dict[str, Tensor | None]:
         latents, timestep = state["latents"].float(), state["timestep"]
         x0 = state.get("x0", None)
-        return dict(
-            latents=latents,
-            timestep=timestep,
-            prompt_embeds=state["prompt_embeds"].float(),
-            action=action.float(),
-            x0_hat=look_forward(latents, action.float(), self.env.schedule.abar(timestep).to(latents)),
-            x0=None if x0 is None else x0.float(),
-        )
+        inputs = dict(latents=latents, timestep=timestep, prompt_embeds=state["prompt_embeds"].float(), action=None,
+                      x0_hat=None, x0=None if x0 is None else x0.float())
+        if action is not None:
+            abar = self.env.schedule.abar(timestep).to(latents)
+            inputs.update(action=action.float(), x0_hat=look_forward(latents, action.float(), abar))
+        return inputs
 
-    def q_value(self, params: TensorDictBase, state: TensorDictBase, action: Tensor) -> Tensor:
-        """Q(s, a) ``[B]`` (fp32) with the given critic parameters (``critic_params``, detached, or target)."""
-        with self._fp32(), params.to_module(self.critic, preserve_module_state=False):
-            return self.critic(**self._critic_inputs(state, action))
+    def _apply(self, name: str, params: TensorDictBase, state: TensorDictBase, action: Tensor | None = None,
+               normalized: bool = False) -> Tensor:
+        """``"critic"`` at (s, a) or ``"value_network"`` at s with ``params`` (fp32), ``[B]``: in reward units, or in
+        the network's band-normalised units with ``normalized``."""
+        network = getattr(self, name)
+        with self._fp32(), params.to_module(network, preserve_module_state=False):
+            inputs = self._inputs(state, action)
+            return network.normalized(**inputs) if normalized else network(**inputs)
 
-    def q_normalized(self, state: TensorDictBase, action: Tensor) -> Tensor:
-        """Q of the trained critic in its bands' normalised units ``[B]`` (fp32), with gradients to its parameters."""
-        with self._fp32(), self.critic_params.to_module(self.critic, preserve_module_state=False):
-            return self.critic.normalized(**self._critic_inputs(state, action))
+    def _normalize(self, name: str, values: Tensor, timestep: Tensor) -> Tensor:
+        """``values`` ``[N]`` in the band-normalised units of network ``name``."""
+        with torch.no_grad(), getattr(self, f"{name}_params").to_module(getattr(self, name), preserve_module_state=False):
+            return getattr(self, name).normalize(values, timestep)
+
+    def next_state(self, state: TensorDictBase, action: Tensor) -> TensorDict:
+        """s'(s, a): the scheduler's step from ``state`` (with ``"step"``) under ``action``, differentiable in the
+        action: ``"latents"`` (the step's mean: x_{t_prev} itself on a deterministic schedule), ``"timestep"``,
+        ``"done"`` ``[B]`` and the state's ``"prompt_embeds"`` (and ``"x0"``)."""
+        following = self.env.schedule.distribution(action.float(), state["step"], state["latents"].float())
+        _, timestep, done = self.env.following_step(state["step"])
+        out = TensorDict(latents=following.mean, timestep=timestep, done=done, prompt_embeds=state["prompt_embeds"],
+                         batch_size=state.batch_size)
+        if "x0" in state.keys():
+            out["x0"] = state["x0"]
+        return out
+
+    def q_value(self, state: TensorDictBase, action: Tensor, *, target: bool = False) -> Tensor:
+        """Q(s, a) ``[B]`` in reward units (fp32), differentiable in ``action`` and the state, not in the critic's
+        parameters; ``target``: the target networks' Q. With a value network, R(s, a) + gamma (1 - done) V(s'(s, a))
+        (`next_state`: ``state`` needs ``"step"``)."""
+        q = self._apply("critic", (self.target_critic_params if target else self.critic_params).detach(), state, action)
+        if self.value_network is None:
+            return q
+        following = self.next_state(state, action)
+        params = (self.target_value_network_params if target else self.value_network_params).detach()
+        return q + self.config.gamma * (~following["done"]).float() * self._apply("value_network", params, following)
 
     # ------------------------------------------------------------ collection
     def behaviour_actions(self, state: TensorDictBase, generator: torch.Generator | None = None) -> Tensor:
@@ -239,15 +306,17 @@ class DPGLoss(DiffusionLoss):
 
         Keys: ``"latents"``, ``"timestep"``, ``"x0"`` ``[B, ...]``; ``"prompt_embeds"`` ``[B, 1, D]`` (the mean over
         tokens, all the critic reads); ``"action"`` ``[B, K+1, C, h, w]`` (index 0: mu(s)), ``"reward"`` ``[B, K+1]``,
-        ``("next", "latents" | "timestep" | "action" | "done")`` ``[B, K+1, ...]``.
+        ``("next", "latents" | "timestep" | "action" | "done")`` ``[B, K+1, ...]``; the next action mu(s') only for
+        ``critic_form="q"`` with bootstrap (zeros otherwise: nothing reads it).
         """
         state = state.detach()
         actions = self.behaviour_actions(state, generator)
+        needs_next_action = self.config.bootstrap and self.value_network is None
         steps = []
         for k in range(actions.shape[1]):
             step = self.env.step(state.exclude("action").set("action", actions[:, k]))["next"]
             reward = step["reward"].squeeze(-1)  # a non-finite reward is an error of the Reward itself
-            if self.config.bootstrap:
+            if needs_next_action:
                 next_action = self.actor(step.select(*ACTOR_IN_KEYS).clone())["action"]
             else:
                 next_action = torch.zeros_like(actions[:, k])
@@ -269,7 +338,8 @@ class DPGLoss(DiffusionLoss):
     # ----------------------------------------------------------- critic loss
     @staticmethod
     def rows(group: TensorDictBase) -> TensorDict:
-        """The group's ``[N, K+1]`` transitions as ``[N * (K+1)]`` critic rows (state repeated per action)."""
+        """The group's ``[N, K+1]`` transitions as ``[N * (K+1)]`` critic rows (state repeated per action; row
+        ``n * (K+1)`` is state n's own action mu(s))."""
         n, k1 = group["action"].shape[:2]
 
         def repeat(value: Tensor) -> Tensor:
@@ -288,55 +358,90 @@ class DPGLoss(DiffusionLoss):
         rows["next"] = following.update({"x0": rows["x0"], "prompt_embeds": rows["prompt_embeds"]})
         return rows
 
+    def _next_value(self, following: TensorDictBase, target: bool) -> Tensor:
+        """gamma (1 - done) Q(s', mu(s')) ``[N]`` at stored next states: V(s') with a value network, else the critic
+        at the stored next action; the target networks' with ``target``, no gradients."""
+        with torch.no_grad():
+            if self.value_network is not None:
+                params = self.target_value_network_params if target else self.value_network_params
+                value = self._apply("value_network", params, following)
+            else:
+                params = self.target_critic_params if target else self.critic_params
+                value = self._apply("critic", params, following, following["action"])
+        return self.config.gamma * (~following["done"]).float() * value
+
     def td_target(self, rows: TensorDictBase) -> Tensor:
         """y = reward_scale * r + gamma * (1 - done) * Q_target(s', mu(s')) ``[N]`` (r only without bootstrap)."""
-        with torch.no_grad(), self._fp32():
-            reward = self.config.reward_scale * rows["reward"].float()
-            if not self.config.bootstrap:
-                return reward
-            following = rows["next"]
-            next_q = self.q_value(self.target_critic_params, following, following["action"])
-            return reward + self.config.gamma * (~following["done"]).float() * next_q
+        reward = self.config.reward_scale * rows["reward"].float()
+        return reward + self._next_value(rows["next"], target=True) if self.config.bootstrap else reward
+
+    def q_and_target(self, rows: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """Q(s, b) of the critic and the TD target y, ``[N]`` each in reward units (no gradients), on transitions
+        ``rows``; with a value network Q is read at the stored next state (equal to s'(s, b) on a deterministic
+        schedule)."""
+        with torch.no_grad():
+            q = self._apply("critic", self.critic_params, rows, rows["action"])
+            if self.value_network is not None:
+                q = q + self._next_value(rows["next"], target=False)
+            return q, self.td_target(rows)
 
     def critic_fit(self, rows: TensorDictBase, update_statistics: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """Q_norm(s, b) (with gradients), the normalised TD targets and the raw targets, each ``[N]``; with
-        ``update_statistics`` the critic's per-band statistics first move towards the targets (PopArt)."""
-        target = self.td_target(rows)
-        with torch.no_grad():
-            if update_statistics:
-                self._update_statistics(target, rows["timestep"])
-            with self.critic_params.to_module(self.critic, preserve_module_state=False):
-                target_norm = self.critic.normalize(target, rows["timestep"])
-        return self.q_normalized(rows, rows["action"]), target_norm, target
+        """The critic's prediction in its bands' normalised units (with gradients), its regression target in the
+        same units and raw, each ``[N]``. The target is the TD target y (`td_target`), or with a value network the
+        scaled reward alone (the critic is then R_phi). With ``update_statistics`` the critic's per-band statistics
+        first move towards the targets (PopArt)."""
+        if self.value_network is None:
+            target = self.td_target(rows)
+        else:
+            target = self.config.reward_scale * rows["reward"].float()
+        if update_statistics:
+            self._update_statistics("critic", target, rows["timestep"])
+        prediction = self._apply("critic", self.critic_params, rows, rows["action"], normalized=True)
+        return prediction, self._normalize("critic", target, rows["timestep"]), target
 
-    def _update_statistics(self, target: Tensor, timestep: Tensor) -> None:
-        """PopArt step on the critic, the same output rescaling on the target critic, whose statistics then equal the
-        critic's: both keep their outputs, and the soft update mixes heads expressed in the same units."""
-        with self.critic_params.to_module(self.critic, preserve_module_state=False):
-            rescaling = self.critic.update_statistics(target, timestep, self.config.normalization_rate)
-        with self.target_critic_params.to_module(self.critic, preserve_module_state=False):
-            self.critic.rescale_output(*rescaling)
-        for name in ("value_mean", "value_sq_mean", "value_count"):
-            self.target_critic_params[name].copy_(self.critic_params[name])
+    def value_fit(self, rows: TensorDictBase, update_statistics: bool) -> tuple[Tensor, Tensor]:
+        """V_norm(s) (with gradients) and its normalised TD target r(s, mu(s)) + gamma (1 - done) V_target(s'),
+        ``[N]`` each, on the policy's own transitions ``rows`` (index 0 of each replay entry)."""
+        target = self.td_target(rows)
+        if update_statistics:
+            self._update_statistics("value_network", target, rows["timestep"])
+        prediction = self._apply("value_network", self.value_network_params, rows, normalized=True)
+        return prediction, self._normalize("value_network", target, rows["timestep"])
+
+    def _update_statistics(self, name: str, target: Tensor, timestep: Tensor) -> None:
+        """PopArt step on network ``name``, the same output rescaling on its target copy, whose statistics then
+        equal the network's: both keep their outputs, and the soft update mixes heads expressed in the same units."""
+        network, params = getattr(self, name), getattr(self, f"{name}_params")
+        target_params = getattr(self, f"target_{name}_params")
+        with torch.no_grad():
+            with params.to_module(network, preserve_module_state=False):
+                rescaling = network.update_statistics(target, timestep, self.config.normalization_rate)
+            with target_params.to_module(network, preserve_module_state=False):
+                network.rescale_output(*rescaling)
+            for stat in ("value_mean", "value_sq_mean", "value_count"):
+                target_params[stat].copy_(params[stat])
 
     def critic_loss(self, group: TensorDictBase) -> TensorDict:
         """``loss_critic`` on replay entries ``[N]`` (see the class docstring) and its metrics."""
         n, k1 = group["action"].shape[:2]
         rows = self.rows(group)
-        q_norm, target_norm, target = self.critic_fit(rows, update_statistics=True)
-        td = nn.functional.mse_loss(q_norm, target_norm)
-        q_pairs, y_pairs = q_norm.view(n, k1), target_norm.view(n, k1)
-        paired = nn.functional.mse_loss(q_pairs[:, 1:] - q_pairs[:, :1], y_pairs[:, 1:] - y_pairs[:, :1])
+        prediction, target_norm, target = self.critic_fit(rows, update_statistics=True)
+        loss = nn.functional.mse_loss(prediction, target_norm)
+        q_pairs, y_pairs = prediction.view(n, k1), target_norm.view(n, k1)
+        loss = loss + self.config.pair_weight * nn.functional.mse_loss(q_pairs[:, 1:] - q_pairs[:, :1],
+                                                                       y_pairs[:, 1:] - y_pairs[:, :1])
+        metrics = {"critic_r2": metric(r_squared(prediction.detach(), target_norm))}
+        if self.value_network is not None:
+            value, value_target = self.value_fit(rows[torch.arange(n, device=rows.device) * k1], update_statistics=True)
+            loss = loss + nn.functional.mse_loss(value, value_target)
+            metrics["value_r2"] = metric(r_squared(value.detach(), value_target))
         with torch.no_grad(), self.critic_params.to_module(self.critic, preserve_module_state=False):
-            q_value = self.critic.denormalize(q_norm.detach(), rows["timestep"])  # Q without a second forward
+            q_value = self.critic.denormalize(prediction.detach(), rows["timestep"])  # Q without a second forward
+        if self.value_network is not None:  # Q = R + gamma (1 - done) V(s') against y = r + gamma (1 - done) V_target(s')
+            q_value, target = q_value + self._next_value(rows["next"], target=False), self.td_target(rows)
         return TensorDict(
-            {
-                "loss_critic": td + self.config.pair_weight * paired,
-                "q_value": metric(q_value),
-                "td_target": metric(target),
-                "td_error": metric((q_value - target).abs()),
-                "critic_r2": metric(r_squared(q_norm.detach(), target_norm)),
-            },
+            {"loss_critic": loss, "q_value": metric(q_value), "td_target": metric(target),
+             "td_error": metric((q_value - target).abs()), **metrics},
             batch_size=[],
         )
 
@@ -368,7 +473,7 @@ class DPGLoss(DiffusionLoss):
         if lam > 0:
             abar = self.env.schedule.abar(state["timestep"]).to(action)
             weight = actor_weight(self.config.actor_weighting, state["timestep"], abar, self.config.gamma)
-            q_actor = self.q_value(self.critic_params.detach(), state, action)
+            q_actor = self.q_value(state, action)
             loss_actor = loss_actor - lam * (weight * q_actor).mean()
         self.collected_batches += 1
         out.update(
