@@ -198,7 +198,7 @@ def run(probe: ProbeConfig) -> dict:
         wall_s=round(time.perf_counter() - start, 1),
         final_train_logs={k: v for k, v in history[-1].items()},
         probe=json.loads(json.dumps(asdict(probe), default=str)),
-        dpg=asdict(config.dpg_config(prior_weight=0.0)),
+        dpg=asdict(trainer.loss.config),
         critic_states=config.critic_states,
     )
     atomic_write_text(probe.json, json.dumps(result, indent=2) + "\n")

@@ -102,10 +102,35 @@ def test_direct_reward_with_lam_zero_trains_like_dreambooth(tiny_sd_path: Path, 
 
 
 def test_build_loss_rejects_a_method_it_has_no_loss_for(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"Unknown method 'ppo'; choose from \['dreambooth', 'dpg'"):
+        config(tiny_sd_path, instance_dir, tmp_path / "run", method="ppo")
     cfg = config(tiny_sd_path, instance_dir, tmp_path / "run")
     cfg.method = "ppo"  # validated on construction; changed afterwards, it must not silently become DPG
-    with pytest.raises(ValueError, match="no loss for method 'ppo'"):
+    with pytest.raises(ValueError, match="Unknown method 'ppo'"):
         Trainer(cfg)
+
+
+def test_a_registered_method_trains_without_other_changes(tiny_sd_path: Path, instance_dir: Path,
+                                                          tmp_path: Path) -> None:
+    from diffrl.training import methods
+
+    calls = []
+
+    @methods.register_method("test_halved_dreambooth", uses_rewards=False, summary="DreamBooth, quarter prior")
+    def build(cfg, context):
+        calls.append(cfg.method)
+        loss = methods.build_dreambooth(cfg, context)
+        loss.config.prior_weight = 0.25
+        return loss
+
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            methods.register_method("test_halved_dreambooth", uses_rewards=False, summary="again")(build)
+        trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "run", method="test_halved_dreambooth"))
+        assert calls == ["test_halved_dreambooth"] and trainer.loss.config.prior_weight == 0.25
+        assert not trainer.config.uses_rewards
+    finally:
+        del methods.METHODS["test_halved_dreambooth"]
 
 
 def test_lr_actor_none_takes_the_pretrained_folders_recommendation(tiny_sd_path: Path, instance_dir: Path,
@@ -287,7 +312,7 @@ def test_nonfinite_loss_raises_or_skips(tiny_sd_path: Path, instance_dir: Path, 
     [
         (dict(lr_actor=0.0), "lr_actor must be > 0"),
         (dict(batch_size=0), "batch_size must be > 0"),
-        (dict(method="ppo"), "method must be one of"),
+        (dict(method="ppo"), "Unknown method .ppo.; choose from"),
         (dict(actor_weighting="sqrt"), "actor_weighting must be one of"),
         (dict(mixed_precision="fp8"), "mixed_precision must be one of"),
         (dict(gamma=1.5), r"gamma must be in \[0, 1\]"),

@@ -9,13 +9,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "build": ("TrainingContext", "build_loss", "build_reward"),
+    "build": ("TrainingContext", "build_loss", "build_reward", "make_env", "reference_env"),
     "checkpoint": ("Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint", "verify_checkpoint"),
     "config": ("ConfigError", "TrainConfig"),
     "data": ("ReferenceImages", "check_identifier", "ensure_class_images"),
     "export": ("save_model",),
     "history": ("read_history",),
     "lock": ("RunDirError", "RunLockedError"),
+    "methods": ("METHODS", "Method", "get_method", "register_method"),
     "progress": ("Progress", "progress_curve"),
     "rundir": ("ConfigMismatchError",),
     "trainer": ("NonFiniteLossError", "TrainResult", "Trainer", "train"),

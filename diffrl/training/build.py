@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from diffrl.envs import DenoisingConfig, DenoisingEnv
 from diffrl.models import SDComponents
-from diffrl.training.config import METHODS, TrainConfig
-from diffrl.training.data import derive_seed
+from diffrl.training.config import TrainConfig
+from diffrl.training.methods import get_method
 
 
 @dataclass
@@ -46,48 +46,11 @@ def build_reward(config: TrainConfig, context: TrainingContext) -> nn.Module:
 
 
 def build_loss(config: TrainConfig, context: TrainingContext) -> nn.Module:
-    """The `DiffusionLoss` of ``config.method`` over the components' U-Net (see `diffrl.objectives`)."""
-    from diffrl import objectives
-    from diffrl.agents import UNetActor
-    from diffrl.agents.critic import QCritic
-
-    components = context.components
-    reward = build_reward(config, context) if config.uses_rewards else None
-    prior_weight = config.prior_weight if config.prior_preservation else 0.0
-    text_encoder = components.text_encoder if config.train_text_encoder else None
-    reference = _env(config, context, DenoisingConfig(num_inference_steps=config.num_inference_steps, mode="reference"), reward)
-    if config.method == "dreambooth":
-        actor = UNetActor(components.unet, guidance_scale=1.0)
-        return objectives.DreamBoothLoss(reference, actor, objectives.DreamBoothConfig(prior_weight=prior_weight), text_encoder=text_encoder)
-    if config.method == "reward_backprop":
-        sampling = _env(config, context, DenoisingConfig(num_inference_steps=config.sample_steps, reward_mode="terminal"), reward)
-        actor = UNetActor(components.unet, guidance_scale=config.guidance_scale)
-        backprop = objectives.RewardBackpropConfig(prior_weight=prior_weight)
-        return objectives.RewardBackpropLoss(sampling, actor, backprop, reference_env=reference, text_encoder=text_encoder)
-    if config.method == "direct_reward":
-        actor = UNetActor(components.unet, guidance_scale=1.0)
-        direct = objectives.DirectRewardConfig(
-            lam=config.lam, actor_weighting=config.actor_weighting, gamma=config.gamma, prior_weight=prior_weight
-        )
-        return objectives.DirectRewardLoss(reference, actor, direct, text_encoder=text_encoder)
-    if config.method not in ("dpg", "one_step"):
-        raise ValueError(
-            f"build_loss has no loss for method {config.method!r}; pick one of {list(METHODS)} or add its branch here."
-        )
-    # the critic reads the action through x0_hat; rewards comparing x0_hat with x0 also need x0 and the error
-    inputs = ("x0_hat", "x0", "lookforward_error") if config.rewards.get("lookforward", 0) else ("x0_hat",)
-    critic = QCritic(reference.latent_shape, components.text_encoder.config.hidden_size, inputs=inputs)
-    # the critic's transitions: a batch of their own, stepped by an env whose generator the actor's noising never sees
-    transitions = _env(config, context, DenoisingConfig(num_inference_steps=config.num_inference_steps, mode="reference"),
-                       reward, batch_size=config.critic_states, seed=derive_seed(context.seed, 1))
-    actor = UNetActor(components.unet, guidance_scale=1.0)
-    return objectives.DPGLoss(
-        transitions, actor, critic.to(components.device), config.dpg_config(prior_weight), reference_env=reference,
-        text_encoder=text_encoder, seed=derive_seed(context.seed, 2),
-    )
+    """The loss module of ``config.method``, a name in `diffrl.training.methods.METHODS`."""
+    return get_method(config.method).build(config, context)
 
 
-def _env(
+def make_env(
     config: TrainConfig,
     context: TrainingContext,
     settings: DenoisingConfig,
@@ -95,8 +58,17 @@ def _env(
     batch_size: int | None = None,
     seed: int | None = None,
 ) -> DenoisingEnv:
+    """A `DenoisingEnv` over the run's components and instance prompt at the run's resolution (``batch_size``:
+    default the run's; ``seed``: default the process's)."""
     settings.height = settings.width = config.resolution
     return DenoisingEnv(
         context.components, config.instance_prompt, batch_size=batch_size or config.batch_size, config=settings,
         reward=reward, seed=context.seed if seed is None else seed,
     )
+
+
+def reference_env(config: TrainConfig, context: TrainingContext, reward: nn.Module | None) -> DenoisingEnv:
+    """The env that noises the instance batch (``mode="reference"``, the training schedule, the process's seed):
+    every method's draws of t and eps for the eps-MSE, so that methods of one seed see the same noised states."""
+    return make_env(config, context, DenoisingConfig(num_inference_steps=config.num_inference_steps, mode="reference"),
+                    reward)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from diffrl.objectives.dpg import CRITIC_FORMS, EXPLORATION_SPACES
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
-from diffrl.training.config import DEFAULT_LR_ACTOR, METHODS, MIXED_PRECISION, TrainConfig
+from diffrl.training.config import DEFAULT_LR_ACTOR, MIXED_PRECISION, TrainConfig
+from diffrl.training.methods import METHODS, method_help
 
 EPILOG = """\
 examples:
@@ -81,7 +82,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     data.add_argument("--resolution", type=int, help="training image size (default: the U-Net's)")
 
     method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=METHODS, default="dpg", help="default: %(default)s")
+    method.add_argument("--method", choices=list(METHODS), default=TrainConfig.method,
+                        help=f"{method_help()} (default: %(default)s)")
     method.add_argument("--rewards", type=parse_rewards, default="lookforward=1,dino=1", help="NAME=WEIGHT,... (default: %(default)s)")
     method.add_argument("--dino-weights", type=Path, help="DINO weights file (.safetensors/.pth)")
     method.add_argument("--dino-arch", default="vit_small_patch16_224.dino", help="timm name (default: %(default)s)")
