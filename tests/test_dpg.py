@@ -144,6 +144,16 @@ def test_reward_value_form_by_hand(components):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("reads", ["online", "target"])
+def test_the_actor_reads_the_configured_critic(components, reads):
+    loss = make_dpg(components, DPGConfig(actor_reads=reads, tau=0.3))
+    perturb_critic(loss)  # target != online
+    state = loss.noised_states(make_batch(loss.env))
+    online, target = (loss.q_value(state, state["action"], target=t) for t in (False, True))
+    assert (online - target).abs().max() > 1e-4
+    torch.testing.assert_close(loss.actor_q(state, state["action"]), target if reads == "target" else online)
+
+
 def test_gamma_zero_equals_the_one_step_regressor(components):
     outputs = []
     for config in (DPGConfig(gamma=0.0, bootstrap=True, critic_form="q"), DPGConfig(gamma=0.9986, bootstrap=False)):
@@ -339,7 +349,8 @@ def test_non_finite_rewards_are_a_clear_error(components):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("exploration_actions", 0), ("critic_updates", 0), ("warmup_steps", -1), ("exploration_space", "pixels"),
-     ("actor_weighting", "cosine"), ("normalization_rate", 0.0), ("pair_weight", float("nan"))],
+     ("actor_weighting", "cosine"), ("normalization_rate", 0.0), ("pair_weight", float("nan")),
+     ("critic_form", "v"), ("actor_reads", "both")],
 )
 def test_bad_dpg_settings_raise(field, value):
     with pytest.raises(ValueError, match=field):

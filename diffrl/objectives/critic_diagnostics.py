@@ -96,7 +96,7 @@ def actor_gradient_ratio(loss: DPGLoss, state: TensorDictBase) -> float:
     action, timestep = state["action"], state["timestep"]
     weight = actor_weight(loss.config.actor_weighting, timestep, loss.env.schedule.abar(timestep).to(action),
                           loss.config.gamma)
-    q_term = loss.config.lam * (weight * loss.q_value(state, action)).mean()
+    q_term = loss.config.lam * (weight * loss.actor_q(state, action)).mean()
     grads_q = torch.autograd.grad(q_term, params, retain_graph=True, allow_unused=True)
     grads_mse = torch.autograd.grad(loss.eps_mse(state), params, allow_unused=True)
 

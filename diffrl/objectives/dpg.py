@@ -21,6 +21,7 @@ from diffrl.rewards import RewardInputs, look_forward
 
 EXPLORATION_SPACES = ("x0", "eps")
 CRITIC_FORMS = ("reward_value", "q")
+ACTOR_READS = ("online", "target")
 
 
 @dataclass
@@ -58,6 +59,8 @@ class DPGConfig:
         changes with the action (the part the actor reads).
     normalization_rate: rate of the critic's per-band value statistics (`QCritic.update_statistics`).
     tau: Polyak rate of the target critic, ``target <- (1 - tau) target + tau critic`` per critic update.
+    actor_reads: which critic the actor's Q term reads: ``"online"`` (the trained networks, as DDPG) or
+        ``"target"`` (their Polyak average: the same TD fit, with the step-to-step noise of SGD averaged out).
     reward_scale: multiplies the env's reward in the critic target.
     """
 
@@ -70,7 +73,7 @@ class DPGConfig:
     exploration_std: float = 0.1
     exploration_space: str = "x0"
     exploration_actions: int = 4
-    replay_size: int = 4096
+    replay_size: int = 256
     critic_batch_size: int = 32
     critic_updates: int = 16
     warmup_steps: int = 25
@@ -79,6 +82,7 @@ class DPGConfig:
     pair_weight: float = 10.0
     normalization_rate: float = 0.01
     tau: float = 0.005
+    actor_reads: str = "online"
     reward_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -94,6 +98,8 @@ class DPGConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}.")
         if self.exploration_space not in EXPLORATION_SPACES:
             raise ValueError(f"exploration_space must be one of {list(EXPLORATION_SPACES)}, got {self.exploration_space!r}.")
+        if self.actor_reads not in ACTOR_READS:
+            raise ValueError(f"actor_reads must be one of {list(ACTOR_READS)}, got {self.actor_reads!r}.")
         if self.critic_form not in CRITIC_FORMS:
             raise ValueError(f"critic_form must be one of {list(CRITIC_FORMS)}, got {self.critic_form!r}.")
         if self.actor_weighting not in ACTOR_WEIGHTINGS:
@@ -273,6 +279,10 @@ class DPGLoss(DiffusionLoss):
         following = self.next_state(state, action)
         params = (self.target_value_network_params if target else self.value_network_params).detach()
         return q + self.config.gamma * (~following["done"]).float() * self._apply("value_network", params, following)
+
+    def actor_q(self, state: TensorDictBase, action: Tensor) -> Tensor:
+        """The Q the actor maximises ``[B]``: `q_value` of the critic named by `DPGConfig.actor_reads`."""
+        return self.q_value(state, action, target=self.config.actor_reads == "target")
 
     # ------------------------------------------------------------ collection
     def behaviour_actions(self, state: TensorDictBase, generator: torch.Generator | None = None) -> Tensor:
@@ -473,7 +483,7 @@ class DPGLoss(DiffusionLoss):
         if lam > 0:
             abar = self.env.schedule.abar(state["timestep"]).to(action)
             weight = actor_weight(self.config.actor_weighting, state["timestep"], abar, self.config.gamma)
-            q_actor = self.q_value(state, action)
+            q_actor = self.actor_q(state, action)
             loss_actor = loss_actor - lam * (weight * q_actor).mean()
         self.collected_batches += 1
         out.update(

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from diffrl.objectives.dpg import CRITIC_FORMS, EXPLORATION_SPACES
+from diffrl.objectives.dpg import ACTOR_READS, CRITIC_FORMS, EXPLORATION_SPACES
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
 from diffrl.training.config import DEFAULT_LR_ACTOR, MIXED_PRECISION, TrainConfig
 from diffrl.training.methods import METHODS, method_help
@@ -58,7 +58,7 @@ def json_object(value: str) -> dict:
 CRITIC_FIELDS = (
     "exploration_std", "exploration_space", "exploration_actions", "critic_states", "critic_updates",
     "critic_batch_size", "replay_size", "warmup_steps", "lam_ramp_steps", "actor_weighting", "pair_weight", "tau",
-    "critic_form", "reward_scale", "critic_grad_clip", "diagnose_every",
+    "critic_form", "actor_reads", "reward_scale", "critic_grad_clip", "diagnose_every",
 )
 """`TrainConfig` fields of DPG's critic learning, each a flag with the field's default."""
 
@@ -98,7 +98,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     for name in CRITIC_FIELDS:
         default = getattr(TrainConfig, name)
         choices = {"exploration_space": EXPLORATION_SPACES, "actor_weighting": ACTOR_WEIGHTINGS,
-                   "critic_form": CRITIC_FORMS}.get(name)
+                   "critic_form": CRITIC_FORMS, "actor_reads": ACTOR_READS}.get(name)
         critic.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, choices=choices,
                             help="default: %(default)s")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from diffrl.models.loading import recommended_finetuning
-from diffrl.objectives.dpg import CRITIC_FORMS, EXPLORATION_SPACES, DPGConfig
+from diffrl.objectives.dpg import ACTOR_READS, CRITIC_FORMS, EXPLORATION_SPACES, DPGConfig
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
 from diffrl.training.methods import get_method
 
@@ -46,7 +46,8 @@ class TrainConfig:
         reward_scale: multiplies the reward in DPG's critic target.
         gamma, lam: DPG's discount and the weight of -Q(s, mu(s)) in its actor loss ("direct_reward": of -w(t) r).
         exploration_std, exploration_space, exploration_actions, critic_updates, critic_batch_size, replay_size,
-        warmup_steps, lam_ramp_steps, pair_weight, tau, critic_form: DPG's critic learning (`DPGConfig`).
+        warmup_steps, lam_ramp_steps, pair_weight, tau, critic_form, actor_reads: DPG's critic learning
+        (`DPGConfig`).
         actor_weighting: w(t) of the actor term ("dpg", "one_step", "direct_reward"), one of
             `diffrl.objectives.ACTOR_WEIGHTINGS`.
         critic_states: noised states collected for the critic per actor step (each with exploration_actions + 1
@@ -103,6 +104,7 @@ class TrainConfig:
     pair_weight: float = DPGConfig.pair_weight
     tau: float = DPGConfig.tau
     critic_form: str = DPGConfig.critic_form
+    actor_reads: str = DPGConfig.actor_reads
     diagnose_every: int = 50
     num_inference_steps: int = 999  # the longest schedule SD's steps_offset=1 allows: t-1 chains over t = 999..1
     lr_actor: float | None = None
@@ -144,6 +146,7 @@ class TrainConfig:
         _choice("exploration_space", self.exploration_space, EXPLORATION_SPACES)
         _choice("actor_weighting", self.actor_weighting, ACTOR_WEIGHTINGS)
         _choice("critic_form", self.critic_form, CRITIC_FORMS)
+        _choice("actor_reads", self.actor_reads, ACTOR_READS)
         for name in ("pretrained", "instance_dir", "instance_prompt", "output_dir"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must not be empty.")
@@ -218,7 +221,7 @@ class TrainConfig:
             exploration_space=self.exploration_space, exploration_actions=self.exploration_actions,
             replay_size=self.replay_size, critic_batch_size=self.critic_batch_size, critic_updates=self.critic_updates,
             warmup_steps=self.warmup_steps, lam_ramp_steps=self.lam_ramp_steps, actor_weighting=self.actor_weighting,
-            pair_weight=self.pair_weight, tau=self.tau, critic_form=self.critic_form,
+            pair_weight=self.pair_weight, tau=self.tau, critic_form=self.critic_form, actor_reads=self.actor_reads,
         )
 
     def resolved_lr_actor(self) -> float:
