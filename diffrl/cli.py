@@ -18,10 +18,12 @@ from diffrl.errors import run_reporting_user_errors
 from diffrl.evaluation.cli import add_parser as add_evaluate_parser
 from diffrl.sampling_cli import add_parser as add_sample_parser
 from diffrl.training.cli import add_parser as add_personalize_parser
+from diffrl.training.pg_cli import add_parser as add_train_parser
 
 # Append ``add_parser`` functions here (e.g. from diffrl.training.cli for "personalize", diffrl.sampling_cli for "sample").
 COMMANDS: list[Callable[[argparse._SubParsersAction], argparse.ArgumentParser]] = [
     add_personalize_parser,
+    add_train_parser,
     add_sample_parser,
     add_evaluate_parser,
 ]

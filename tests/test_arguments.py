@@ -34,3 +34,21 @@ def test_each_field_is_a_typed_flag_with_its_default():
     assert isinstance(parsed.colour[0], float) and isinstance(parsed.out, Path)
     with pytest.raises(SystemExit):
         parse("--steps", "many")
+
+
+@dataclass
+class WithRequired:
+    source: str
+    mode: str = "fast"
+    resume: bool = False
+
+
+def test_required_fields_switches_and_choices():
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, WithRequired, choices={"mode": ("fast", "slow")})
+    assert dataclass_from_args(WithRequired, parser.parse_args(["--source", "s"])) == WithRequired("s")
+    assert dataclass_from_args(WithRequired, parser.parse_args(["--source", "s", "--mode", "slow", "--resume"])) == \
+        WithRequired("s", "slow", True)
+    for argv in ([], ["--source", "s", "--mode", "medium"]):  # missing required field, value outside the choices
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)

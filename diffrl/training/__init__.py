@@ -17,6 +17,7 @@ _EXPORTS = {
     "history": ("read_history",),
     "lock": ("RunDirError", "RunLockedError"),
     "methods": ("METHODS", "Method", "get_method", "register_method"),
+    "policy_gradient": ("PolicyGradientConfig", "PolicyGradientTrainer", "read_prompts"),
     "progress": ("Progress", "progress_curve"),
     "rundir": ("ConfigMismatchError",),
     "trainer": ("NonFiniteLossError", "TrainResult", "Trainer", "train"),

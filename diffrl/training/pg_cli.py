@@ -1,0 +1,34 @@
+"""``diffrl train``: policy-gradient fine-tuning (DDPO, GRPO) over a prompt file with a black-box reward."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  diffrl train --method ddpo --pretrained PATH --prompts prompts.txt --reward jpeg --output-dir runs/ddpo
+  diffrl train --method grpo --kl-weight 0.01 ... --output-dir runs/grpo --resume   # continue a run
+
+outputs in --output-dir: model/ (StableDiffusionPipeline.from_pretrained(model/)), checkpoints/ckpt-NNNNNN,
+history.jsonl (one record per iteration: train_reward, loss, ratio, clip fraction, ...)."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from diffrl.arguments import add_dataclass_arguments
+    from diffrl.training.policy_gradient import PG_METHODS, PG_REWARDS, PolicyGradientConfig
+
+    parser = subparsers.add_parser(
+        "train", help="policy-gradient fine-tuning over prompts (DDPO, GRPO)",
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataclass_arguments(parser, PolicyGradientConfig, choices={"method": PG_METHODS, "reward": tuple(PG_REWARDS)})
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffrl.arguments import dataclass_from_args
+    from diffrl.training.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer
+
+    model = PolicyGradientTrainer(dataclass_from_args(PolicyGradientConfig, args)).train()
+    print(f"model: {model}")
+    return 0

@@ -1,0 +1,261 @@
+"""Policy-gradient fine-tuning over a prompt dataset (DDPO, GRPO): collect, then K epochs of minibatch steps.
+
+One iteration: `diffrl.collectors.TrajectoryCollector` samples P prompts x G trajectories with the current U-Net on a
+stochastic schedule and scores the final images with a black-box reward; the loss (`DDPOLoss` or `GRPOLoss`) then
+takes ``inner_epochs`` passes over the stored transitions in shuffled minibatches, one optimizer step each. The
+run folder holds ``history.jsonl`` (one record per iteration), ``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer,
+collector and generators: a resumed run is bit-identical to an uninterrupted one) and ``model/`` (a diffusers folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffrl.training.config import ConfigError
+
+PG_METHODS = ("ddpo", "grpo")
+
+
+def _color_reward() -> nn.Module:
+    from diffrl.rewards import ColorTargetReward
+
+    return ColorTargetReward(target_rgb=(0.9, 0.15, 0.15))
+
+
+def _jpeg_reward() -> nn.Module:
+    from diffrl.rewards import JPEGCompressibilityReward
+
+    return JPEGCompressibilityReward()
+
+
+PG_REWARDS: dict[str, Callable[[], nn.Module]] = {"red": _color_reward, "jpeg": _jpeg_reward}
+"""Reward name -> factory of the black-box reward of the final images: ``"red"`` (closeness of the mean colour to
+red), ``"jpeg"`` (JPEG compressibility, DDPO's). Add entries for more."""
+
+
+@dataclass
+class PolicyGradientConfig:
+    """Attributes:
+    pretrained: a diffusers Stable Diffusion folder or hub id.
+    prompts: a text file with one prompt per line (blank lines and lines starting with '#' are skipped).
+    output_dir: the run folder.
+    method: "ddpo" (PPO-clipped, per-prompt normalised advantages) or "grpo" (group-relative, optional KL).
+    reward: a name in `PG_REWARDS`.
+    iterations: collect-then-update rounds.
+    prompts_per_batch, samples_per_prompt: P and G of each collection (G >= 2).
+    inference_steps, eta: the sampling schedule (DDIM; eta > 0 makes it stochastic, as log-probabilities need).
+    guidance_scale: classifier-free guidance of the sampled and trained policy.
+    inner_epochs, minibatch: passes over each collection and transitions per optimizer step.
+    lr: AdamW learning rate of the U-Net; grad_clip: max gradient norm.
+    clip_range: PPO's epsilon; kl_weight: GRPO's weight of the KL to the frozen base model (0: no reference copy).
+    seed: seed of the collection, the sampling noise and the minibatch order.
+    checkpoint_every: iterations between checkpoints (and one at the end); keep_checkpoints: how many to keep.
+    resume: continue from the folder's latest checkpoint (else the folder must not hold a run yet).
+    """
+
+    pretrained: str
+    prompts: str
+    output_dir: str
+    method: str = "ddpo"
+    reward: str = "red"
+    iterations: int = 20
+    prompts_per_batch: int = 4
+    samples_per_prompt: int = 4
+    inference_steps: int = 10
+    eta: float = 1.0
+    guidance_scale: float = 5.0
+    inner_epochs: int = 1
+    minibatch: int = 40
+    lr: float = 1e-6
+    grad_clip: float = 1.0
+    clip_range: float = 0.2
+    kl_weight: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 2
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in PG_METHODS:
+            raise ConfigError(f"Unknown policy-gradient method {self.method!r}; choose from {list(PG_METHODS)}.")
+        if self.reward not in PG_REWARDS:
+            raise ConfigError(f"Unknown reward {self.reward!r}; choose from {list(PG_REWARDS)} (or add one to "
+                              "diffrl.training.policy_gradient.PG_REWARDS).")
+        for name in ("iterations", "prompts_per_batch", "inference_steps", "inner_epochs", "minibatch",
+                     "checkpoint_every", "keep_checkpoints"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
+        if not (isinstance(self.samples_per_prompt, int) and self.samples_per_prompt >= 2):
+            raise ConfigError(f"samples_per_prompt must be >= 2 (advantages compare the samples of one prompt), "
+                              f"got {self.samples_per_prompt!r}.")
+        for name in ("eta", "guidance_scale", "lr", "grad_clip", "clip_range", "kl_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if self.eta <= 0 or self.lr <= 0 or self.clip_range <= 0:
+            raise ConfigError(f"eta, lr and clip_range must be > 0 (eta = 0 has no log-probabilities), got eta="
+                              f"{self.eta}, lr={self.lr}, clip_range={self.clip_range}.")
+        if self.kl_weight > 0 and self.method != "grpo":
+            raise ConfigError("kl_weight is GRPO's KL to the base model: use method='grpo' or kl_weight=0.")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.output_dir) / "model"
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompts of a text file, one per line; blank lines and '#' comments skipped. Errors name the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Prompt file '{path}' does not exist: give a text file with one prompt per line.")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ValueError(f"Prompt file '{path}' holds no prompts: write one prompt per line.")
+    return prompts
+
+
+class PolicyGradientTrainer:
+    """DDPO / GRPO on one process (see the module docstring); ``train()`` runs to ``config.iterations``."""
+
+    def __init__(self, config: PolicyGradientConfig) -> None:
+        from diffrl.agents import UNetActor
+        from diffrl.collectors import TrajectoryCollector, TrajectoryCollectorConfig
+        from diffrl.envs import DenoisingConfig, DenoisingEnv
+        from diffrl.models import load_sd_components
+        from diffrl.objectives import DDPOConfig, DDPOLoss, GRPOConfig, GRPOLoss
+        from diffrl.training.checkpoint import list_checkpoints
+
+        self.config = config
+        prompts = read_prompts(config.prompts)
+        if len(prompts) < config.prompts_per_batch:
+            raise ValueError(f"'{config.prompts}' has {len(prompts)} prompts, fewer than prompts_per_batch="
+                             f"{config.prompts_per_batch}.")
+        existing = list_checkpoints(config.checkpoint_dir) if config.checkpoint_dir.is_dir() else []
+        if existing and not config.resume:
+            raise FileExistsError(f"'{config.output_dir}' already holds a run ({existing[-1].name}): continue it with "
+                                  "resume=True (CLI: --resume) or choose another output_dir.")
+        torch.manual_seed(config.seed)
+        self.components = load_sd_components(config.pretrained, scheduler="ddim")
+        self.components.vae.requires_grad_(False)
+        self.components.text_encoder.requires_grad_(False)
+        batch = config.prompts_per_batch * config.samples_per_prompt
+        env = DenoisingEnv(self.components, prompts[0], batch_size=batch, reward=PG_REWARDS[config.reward](),
+                           config=DenoisingConfig(num_inference_steps=config.inference_steps, eta=config.eta,
+                                                  reward_mode="terminal"), seed=config.seed)
+        actor = UNetActor(self.components.unet, guidance_scale=config.guidance_scale)
+        self.collector = TrajectoryCollector(env, actor, prompts, TrajectoryCollectorConfig(
+            config.prompts_per_batch, config.samples_per_prompt), seed=config.seed)
+        if config.method == "ddpo":
+            self.loss = DDPOLoss(env, actor, DDPOConfig(clip_range=config.clip_range))
+        else:
+            reference = None
+            if config.kl_weight > 0:  # a frozen copy of the base U-Net
+                base = load_sd_components(config.pretrained, scheduler="ddim").unet.requires_grad_(False)
+                reference = UNetActor(base, guidance_scale=config.guidance_scale)
+            self.loss = GRPOLoss(env, actor, GRPOConfig(clip_range=config.clip_range, kl_weight=config.kl_weight),
+                                 reference_actor=reference)
+        self.params = list(self.loss.actor_parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr)
+        self.shuffle = torch.Generator().manual_seed(config.seed + 1)
+        self.iteration = 0
+        if existing:
+            self.load(existing[-1])
+
+    # ------------------------------------------------------------------ train
+    def train_iteration(self) -> dict[str, float]:
+        """One collection and its ``inner_epochs`` x minibatch updates; returns the iteration's record."""
+        batch = self.collector.collect()
+        logs: dict[str, list[float]] = {}
+        for _ in range(self.config.inner_epochs):
+            order = torch.randperm(len(batch), generator=self.shuffle)
+            for minibatch in batch[order].split(self.config.minibatch):
+                out = self.loss(minibatch)
+                if not torch.isfinite(out["loss_actor"]):
+                    raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: {out['loss_actor']}; "
+                                             "lower lr or check the reward.")
+                self.optimizer.zero_grad(set_to_none=True)
+                out["loss_actor"].backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+                self.optimizer.step()
+                for key, value in [*out.items(), ("grad_norm", norm)]:
+                    logs.setdefault(key, []).append(float(value.detach()))
+        self.iteration += 1
+        samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt
+        record = {"iteration": self.iteration, "samples": samples,
+                  "train_reward": float(batch["final_reward"].mean())}
+        record.update({key: sum(values) / len(values) for key, values in logs.items()})
+        return record
+
+    def train(self) -> Path:
+        """Run to ``config.iterations`` (checkpointing every ``checkpoint_every``); export and return the model."""
+        from diffrl.training.history import HistoryLog
+
+        Path(self.config.output_dir).mkdir(parents=True, exist_ok=True)
+        history = HistoryLog(self.config.output_dir, start=self.iteration)
+        while self.iteration < self.config.iterations:
+            record = self.train_iteration()
+            history.append({"step": self.iteration, **record})
+            print(json.dumps(record), flush=True)
+            if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
+                self.save()
+        return self.export()
+
+    # ------------------------------------------------------------- checkpoint
+    def save(self) -> Path:
+        from diffrl.training.checkpoint import Checkpoint, save_checkpoint
+        from diffrl.training.rng import capture_rng
+
+        trained = {name: p.detach().clone() for name, p in self.components.unet.named_parameters() if p.requires_grad}
+        checkpoint = Checkpoint(
+            step=self.iteration,
+            tensors={"unet": trained},
+            states={"optimizer": self.optimizer.state_dict(), "collector": self.collector.state_dict(),
+                    "rng": capture_rng(self._generators())},
+            meta={"config": dataclasses.asdict(self.config)},
+        )
+        return save_checkpoint(self.config.checkpoint_dir, checkpoint, keep=self.config.keep_checkpoints)
+
+    def load(self, path: Path) -> None:
+        from diffrl.training.checkpoint import load_checkpoint
+        from diffrl.training.rng import restore_rng
+
+        checkpoint = load_checkpoint(path)
+        stored = {k: v for k, v in checkpoint.meta["config"].items() if k not in ("resume", "iterations")}
+        current = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("resume", "iterations")}
+        changed = sorted(k for k in current if stored.get(k) != current[k])
+        if changed:
+            raise ValueError(f"Checkpoint '{path}' was written with other settings ({changed}); resume with the same "
+                             "settings (only iterations may grow) or start a new output_dir.")
+        params = dict(self.components.unet.named_parameters())
+        with torch.no_grad():
+            for name, value in checkpoint.tensors["unet"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(checkpoint.states["optimizer"])
+        self.collector.load_state_dict(checkpoint.states["collector"])
+        restore_rng(checkpoint.states["rng"], self._generators())
+        self.iteration = checkpoint.step
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"env": self.collector.env.rng, "shuffle": self.shuffle}
+
+    def export(self) -> Path:
+        """The fine-tuned pipeline in ``model/`` (`StableDiffusionPipeline.from_pretrained`), written atomically."""
+        from diffrl.training.checkpoint import replace_dir_atomically
+
+        def write(folder: Path) -> None:
+            self.components.pipeline().save_pretrained(folder, safe_serialization=True)
+            (folder / "training_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+
+        return replace_dir_atomically(self.config.model_dir, write)
