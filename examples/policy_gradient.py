@@ -7,8 +7,8 @@ The training is `diffrl.training.PolicyGradientTrainer` (also ``diffrl train``):
 images with stochastic DDIM (eta = 1), scores the final images with a non-differentiable reward (closeness of the
 mean colour to red), turns the scores into advantages relative to the other samples of the same prompt, and takes
 PPO-clipped steps on the stored transitions. Training prompts are "a <class> <context>" for half of the zoo's
-classes; this script also scores the other half (held out) before and after, with the zoo CLIP's zero-shot class
-accuracy showing whether the images still show what was asked for.
+classes (`diffrl.zoo.tasks.class_split_task`); this script also scores the other half (held out) before and after,
+with the zoo CLIP's zero-shot class accuracy showing whether the images still show what was asked for.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from pathlib import Path
 
 import torch
 
-from diffrl.agents import UNetActor
 from diffrl.arguments import add_dataclass_arguments, dataclass_from_args
-from diffrl.envs import DenoisingConfig, DenoisingEnv
 from diffrl.models import CLIPEncoder
-from diffrl.rewards import Reward
-from diffrl.training.policy_gradient import PG_REWARDS, PolicyGradientConfig, PolicyGradientTrainer
-from diffrl.zoo import CLASSES, CONTEXTS, caption, load
+from diffrl.training.policy_gradient import (
+    PG_REWARDS,
+    PolicyGradientConfig,
+    PolicyGradientTrainer,
+)
+from diffrl.zoo import load
+from diffrl.zoo.tasks import class_split_task, score_heldout
 
 REWARD = "red"
 
@@ -65,50 +67,29 @@ class Args:
     output_dir: Path = Path("outputs/policy_gradient")
 
 
-def prompt_sets() -> tuple[list[str], list[str], list[str]]:
-    """Training prompts (even classes), held-out prompts (odd classes) and each held-out prompt's class."""
-    contexts = [name for name in CONTEXTS if name != "plain"]
-    train = [caption(noun, context) for noun in CLASSES[::2] for context in contexts]
-    heldout = [(noun, caption(noun, context)) for noun in CLASSES[1::2] for context in contexts]
-    return train, [p for _, p in heldout], [noun for noun, _ in heldout]
-
-
-@torch.no_grad()
-def heldout_scores(components, reward: Reward, clip: CLIPEncoder, prompts: list[str], nouns: list[str],
-                   args: Args) -> dict[str, float]:
-    """Mean reward and zoo-CLIP class accuracy of ``args.heldout_images`` held-out samples (DDIM, fixed seeds)."""
-    chosen = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(123))[: args.heldout_images].tolist()
-    env = DenoisingEnv(components, [prompts[i] for i in chosen], batch_size=len(chosen),
-                       config=DenoisingConfig(num_inference_steps=args.inference_steps, reward_mode="terminal"),
-                       reward=reward, seed=args.seed + 7)
-    final = env.rollout(args.inference_steps, policy=UNetActor(components.unet, guidance_scale=args.guidance))[:, -1]
-    score = final["next", "reward"].squeeze(-1)
-    images = env.decode(final["next", "latents"]).float()
-    text = torch.nn.functional.normalize(clip.encode_texts([caption(noun) for noun in CLASSES]), dim=-1)
-    predicted = (torch.nn.functional.normalize(clip.encode_images(images), dim=-1) @ text.T).argmax(1).tolist()
-    accuracy = sum(CLASSES[p] == nouns[i] for p, i in zip(predicted, chosen)) / len(chosen)
-    return {"heldout_reward": float(score.mean()), "heldout_class_accuracy": accuracy}
-
-
 def main(args: Args) -> dict:
     torch.set_num_threads(args.threads)
-    zoo = load("emoji")
-    train_prompts, heldout_prompts, heldout_nouns = prompt_sets()
+    zoo, task = load("emoji"), class_split_task(REWARD)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     prompt_file = args.output_dir / "train_prompts.txt"
-    prompt_file.write_text("\n".join(train_prompts) + "\n")
+    prompt_file.write_text("\n".join(task.train_prompts) + "\n")
     trainer = PolicyGradientTrainer(PolicyGradientConfig(
         pretrained=str(zoo.sd), prompts=str(prompt_file), output_dir=str(args.output_dir), method=args.method,
-        reward=REWARD, iterations=args.iterations, prompts_per_batch=args.prompts_per_batch,
+        reward=task.reward, iterations=args.iterations, prompts_per_batch=args.prompts_per_batch,
         samples_per_prompt=args.samples_per_prompt, inference_steps=args.inference_steps,
         guidance_scale=args.guidance, inner_epochs=args.inner_epochs, minibatch=args.minibatch, lr=args.lr,
         clip_range=args.clip_range, kl_weight=args.kl_weight, seed=args.seed,
     ))
-    clip, reward = CLIPEncoder.from_pretrained(zoo.clip), PG_REWARDS[REWARD]()
-    before = heldout_scores(trainer.components, reward, clip, heldout_prompts, heldout_nouns, args)
+    clip, reward = CLIPEncoder.from_pretrained(zoo.clip), PG_REWARDS[task.reward]()
+
+    def heldout() -> dict[str, float]:
+        return score_heldout(trainer.components, task, reward, clip, images=args.heldout_images,
+                             steps=args.inference_steps, guidance_scale=args.guidance, seed=args.seed + 7)
+
+    before = heldout()
     print(f"before: {before}", flush=True)
     model = trainer.train()
-    after = heldout_scores(trainer.components, reward, clip, heldout_prompts, heldout_nouns, args)
+    after = heldout()
     summary = {"args": json.loads(json.dumps(dataclasses.asdict(args), default=str)), "before": before,
                "after": after, "model": str(model)}
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
