@@ -1,0 +1,40 @@
+"""Smoke test of benchmarks/pg_task.py on the zoo: one quick method, its table, curve and the gain arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pg_task.py"
+
+
+@pytest.fixture(scope="module")
+def pg_task():
+    spec = importlib.util.spec_from_file_location("pg_task", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pg_task"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_a_consistent_table(pg_task, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        result = pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ddpo"], quick=True, threads=1))
+    finally:
+        torch.set_num_threads(threads)
+    stored = json.loads((tmp_path / "table.json").read_text())
+    row, curve = stored["rows"]["ddpo"], stored["runs"]["ddpo"]["curve"]
+    assert [point["iteration"] for point in curve] == [0, 1, 2] and row["samples"] == 8
+    assert row["relative_gain"] == pytest.approx((curve[-1]["heldout_reward"] - curve[0]["heldout_reward"])
+                                                 / abs(curve[0]["heldout_reward"]))
+    assert row["passed"] == (row["relative_gain"] >= 0.2 and row["class_accuracy"] >= 0.7)
+    assert (tmp_path / "curve.png").stat().st_size > 0 and "| ddpo |" in (tmp_path / "table.md").read_text()
+    assert result["rows"] == stored["rows"]
+    with pytest.raises(SystemExit, match="Unknown method"):
+        pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ppo"], quick=True, threads=1))
