@@ -2,10 +2,12 @@
 
     python benchmarks/rollout_vs_pipeline.py                 # the embedded zoo model (tiny random one if absent)
     python benchmarks/rollout_vs_pipeline.py --pretrained DIR --batch-size 8 --steps 25
+    python benchmarks/rollout_vs_pipeline.py --eta 1   # stochastic DDIM: the env also records every log-probability
 
 Both produce latents (no VAE decode) from the same prompts, seed, steps and guidance; they are timed alternately
 (`--repeats` rounds, after a warm-up) and the ratio of medians (env time / pipeline time) is printed.
-Target: <= 1.05 at batch 8, 25 steps.
+Target: <= 1.05 at batch 8, 25 steps, also with ``--eta 1`` (log pi of every step, as DDPO / GRPO collect it; the
+env draws the step noise in the pipeline's order, so the final latents still agree).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (> 0: stochastic steps with log-probabilities)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
@@ -54,12 +57,14 @@ def main() -> None:
         prompts = [f"a photo of object {i}" for i in range(args.batch_size)]
 
         def run_env() -> torch.Tensor:
-            return generate_latents(components, prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=0)
+            return generate_latents(components, prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                    eta=args.eta, seed=0)
 
         @torch.no_grad()
         def run_pipeline() -> torch.Tensor:
             generator = torch.Generator().manual_seed(0)
-            return pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generator, output_type="latent").images
+            return pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, eta=args.eta,
+                        generator=generator, output_type="latent").images
 
         max_diff = (run_env() - run_pipeline()).abs().max().item()  # also the warm-up
         env_times, pipe_times = [], []
@@ -71,7 +76,7 @@ def main() -> None:
 
     env_s, pipe_s = statistics.median(env_times), statistics.median(pipe_times)
     print(f"model: {label}")
-    print(f"batch {args.batch_size}, {args.steps} steps, guidance {args.guidance}, {args.repeats} interleaved repeats, "
+    print(f"batch {args.batch_size}, {args.steps} steps, guidance {args.guidance}, eta {args.eta}, {args.repeats} interleaved repeats, "
           f"{torch.get_num_threads()} threads, device {components.device}")
     print(f"max |env - pipeline| on final latents: {max_diff:.2e}")
     print(f"env.rollout : {env_s:.3f} s/batch  {args.batch_size / env_s:8.2f} images/s")

@@ -127,23 +127,28 @@ class DPGLoss(DiffusionLoss):
     2. **Collect** (no gradients), for the critic: M = ``env.batch_size`` noised states of the batch's x0 (cycled),
        at uniformly random schedule steps; for each, the policy's action b_0 = mu(s) and K behaviour actions
        b_k = mu(s) + noise (`DPGConfig.exploration_space`), each stepped by ``env``: reward r(s, b_k), next state
-       s'_k and, with the Bellman backup, the policy's next action mu(s'_k). These draws (steps, noise, exploration,
+       s'_k and, for ``critic_form="q"`` with the Bellman backup, the policy's next action mu(s'_k). These draws (steps, noise, exploration,
        replay sampling) come from the loss's own generator ``rng``: the reference env's stream is left exactly as
        DreamBooth's. The group is scored by the critic before it joins the replay buffer (``critic_r2_fresh``: R^2 on
        transitions the critic has not trained on).
-    3. **Critic loss** on ``critic_batch_size`` states sampled from the replay buffer, in fp32 (autocast off):
-       y_k = reward_scale r_k + gamma (1 - done_k) Q_target(s'_k, mu(s'_k)); the critic's per-band statistics move
-       towards y (PopArt); ``loss_critic = mse(Q_norm(s, b_k), y_norm_k) + pair_weight * mse(Q_norm(s, b_k) -
-       Q_norm(s, b_0), y_norm_k - y_norm_0)`` in each band's normalised units (`QCritic`).
+    3. **Critic loss** on ``critic_batch_size`` states sampled from the replay buffer, in fp32 (autocast off). The
+       TD target is y_k = reward_scale r_k + gamma (1 - done_k) Q_target(s'_k, mu(s'_k)), with Q_target(s', mu(s'))
+       = V_target(s') for ``critic_form="reward_value"``. The critic network regresses its target z_k (y_k for
+       ``"q"``; the scaled reward for ``"reward_value"``, whose V regresses y_0 of the policy's own transition):
+       the per-band statistics move towards z (PopArt), ``loss_critic = mse(net_norm(s, b_k), z_norm_k) +
+       pair_weight * mse(net_norm(s, b_k) - net_norm(s, b_0), z_norm_k - z_norm_0) [+ mse(V_norm(s), y_norm_0)]``
+       in each band's normalised units (`QCritic`).
     4. **Actor loss** ``eps_weight * mse(mu(s), eps) + prior_weight * prior_mse - lam_t * mean(w(t) Q(s, mu(s)))``,
-       the critic read with detached parameters; lam_t = 0 during the warm-up, then ramps to `lam`.
+       the critic (`DPGConfig.actor_reads`) read with detached parameters; lam_t = 0 during the warm-up, then ramps
+       to `lam`.
 
     The next action mu(s'_k) is the policy's at collection time (the replay capacity bounds its age); the trainer runs
     ``critic_updates - 1`` more critic updates per actor step through `auxiliary_loss`.
 
     Logged: ``"reward"`` (mean r(s, mu(s)) of the policy's own action), ``"reward_explore"`` (mean r of the
     behaviour actions b_1..b_K), ``"q_value"``, ``"td_target"``, ``"td_error"``, ``"critic_r2"`` (replay sample) and
-    ``"critic_r2_fresh"`` (the new group, before the critic trains on it), ``"lam"``, ``"eps_mse"``, ``"prior_mse"``.
+    ``"critic_r2_fresh"`` (the new group, before the critic trains on it), ``"value_r2"`` (V, reward_value form),
+    ``"lam"``, ``"eps_mse"``, ``"prior_mse"``.
 
     Args:
         env: a reference-mode `DenoisingEnv` with a per-step reward (typically ``num_inference_steps=999``, the
