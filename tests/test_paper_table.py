@@ -113,5 +113,9 @@ def test_tiny_run_writes_table_and_reruns_identically(paper_table, tmp_path: Pat
     assert "MEANINGLESS" in text and "Paired differences" in text and (tmp_path / "table.png").stat().st_size > 0
     paper_table.run(paper_table.parse_args(argv))  # resumes: every run is read back
     assert (tmp_path / "table.json").read_text() == first
+    # the finished runs of parallel processes: a table of what exists, nothing trained for a missing method
+    partial = paper_table.run(paper_table.parse_args([*argv, "dpg_dino", "--finished-only"]))
+    assert list(partial) == list(rows) and not (tmp_path / "runs" / "dpg_dino").exists()
+    assert json.loads((tmp_path / "table.json").read_text())["rows"] == json.loads(first)["rows"]
     budget = json.loads(first)["budget"]
     assert (budget["steps"], budget["lam"], budget["actor_weighting"]) == (1, 0.5, "snr")
