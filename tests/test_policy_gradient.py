@@ -166,6 +166,7 @@ def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, m
     straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", method=method, **extra)).train()
     history = read_history(tmp_path / "straight")
     assert [r["iteration"] for r in history] == [1, 2] and history[-1]["samples"] == 8
+    assert any((tmp_path / "straight" / "logs").glob("events.out.tfevents.*"))
     first = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", method=method, iterations=1, **extra))
     first.train()
     resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", method=method, resume=True, **extra))

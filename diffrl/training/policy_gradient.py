@@ -3,7 +3,8 @@
 One iteration: `diffrl.collectors.TrajectoryCollector` samples P prompts x G trajectories with the current U-Net on a
 stochastic schedule and scores the final images with a black-box reward; the loss (`DDPOLoss` or `GRPOLoss`) then
 takes ``inner_epochs`` passes over the stored transitions in shuffled minibatches, one optimizer step each. The
-run folder holds ``history.jsonl`` (one record per iteration), ``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer,
+run folder holds ``history.jsonl`` (one record per iteration; the same scalars in TensorBoard under ``logs/``),
+``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer,
 collector and generators: a resumed run is bit-identical to an uninterrupted one) and ``model/`` (a diffusers folder).
 """
 
@@ -200,16 +201,28 @@ class PolicyGradientTrainer:
 
     def train(self) -> Path:
         """Run to ``config.iterations`` (checkpointing every ``checkpoint_every``); export and return the model."""
+        from torch.utils.tensorboard import SummaryWriter
+
         from diffrl.training.history import HistoryLog
 
         Path(self.config.output_dir).mkdir(parents=True, exist_ok=True)
         history = HistoryLog(self.config.output_dir, start=self.iteration)
-        while self.iteration < self.config.iterations:
-            record = self.train_iteration()
-            history.append({"step": self.iteration, **record})
-            print(json.dumps(record), flush=True)
-            if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
-                self.save()
+        # resumed: hide what an interrupted run logged after its checkpoint
+        writer = SummaryWriter(str(Path(self.config.output_dir) / "logs"),
+                               purge_step=self.iteration + 1 if self.iteration else None)
+        try:
+            while self.iteration < self.config.iterations:
+                record = self.train_iteration()
+                history.append({"step": self.iteration, **record})
+                for key, value in record.items():
+                    if key != "iteration":
+                        writer.add_scalar(f"train/{key}", value, self.iteration)
+                print(json.dumps(record), flush=True)
+                if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
+                    writer.flush()
+                    self.save()
+        finally:
+            writer.close()
         return self.export()
 
     # ------------------------------------------------------------- checkpoint
