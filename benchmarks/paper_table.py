@@ -17,7 +17,7 @@ paired per-seed differences vs DreamBooth and vs DPG with lambda = 0 (mean ± st
 Runs live in ``OUT/runs/<method>/<subject>/seed<k>`` (the model in ``model/``, its evaluation in ``eval/``); a run
 whose model and report exist is skipped, so an interrupted benchmark resumes where it stopped. Several processes may
 share one ``--out`` with disjoint ``--methods`` (start the second once the base model's evaluation exists); then
-``--finished-only`` with every method writes the table of the runs finished so far, training nothing.
+``--finished-only`` with every method writes the table of the seeds whose runs have all finished, training nothing.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class PaperTableConfig:
     guidance_scale: float = 7.5
     threads: int = 1  # more threads than free cores is very slow on a shared CPU (spin-waiting)
     tiny: bool = False
-    finished_only: bool = False  # table of the finished runs only: train and evaluate nothing
+    finished_only: bool = False  # table of the seeds whose runs all finished: train and evaluate nothing
     models: dict[str, str] = field(default_factory=dict)  # filled by `prepare_models`: sd, dino, dino_eval, clip, ...
 
     def evaluation(self) -> EvaluationConfig:
@@ -420,8 +420,10 @@ def run(config: PaperTableConfig) -> dict:
     encoders = make_encoders(config)
     clock = Clock()
     jobs = [(m, s, k) for k in range(config.seeds) for s in subjects for m in config.methods]
-    if config.finished_only:
-        jobs = [job for job in jobs if (run_dir(config, *job) / "eval" / "report.json").is_file()]
+    if config.finished_only:  # whole seeds only: a seed's subject mean over some subjects would bias the rows
+        finished = {job for job in jobs if (run_dir(config, *job) / "eval" / "report.json").is_file()}
+        complete = {k for k in range(config.seeds) if all(job in finished for job in jobs if job[2] == k)}
+        jobs = [job for job in jobs if job[2] in complete]
         if not (run_dir(config, BASE, None, 0) / "eval" / "report.json").is_file():
             raise SystemExit(f"--finished-only: '{config.out}' has no evaluated base model yet; run the benchmark first.")
     pending = [f"train {m}" for m, _, _ in jobs] + ["evaluate"] * len(jobs)
@@ -474,7 +476,8 @@ def parse_args(argv: list[str] | None = None) -> PaperTableConfig:
                         help=f"w(t) of the actor term (default: {defaults.actor_weighting})")
     parser.add_argument("--methods", nargs="+", choices=defaults.methods, help="default: all")
     parser.add_argument("--finished-only", action="store_true",
-                        help="write the table of the runs finished so far (e.g. by parallel processes); train nothing")
+                        help="write the table of the seeds whose runs have all finished (e.g. by parallel processes); "
+                             "train nothing")
     args = vars(parser.parse_args(argv))
     values = {**(QUICK if args.pop("quick") else {}), **{k: v for k, v in args.items() if v is not None}}
     if "methods" in values:
