@@ -294,6 +294,23 @@ def nan_at_step(step: int):
     return factory
 
 
+def test_a_step_the_grad_scaler_skips_moves_neither_the_schedule_nor_the_target_critic(
+        tiny_sd_path: Path, instance_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "run", method="dpg", max_steps=2))
+    trainer.train_step()
+    targets = {name: getattr(trainer.loss, name).detach().clone()
+               for name in ("target_critic_params", "target_value_network_params")}
+    schedule = trainer.scheduler.last_epoch
+    # what an fp16 overflow looks like to the trainer (the scaler skipped optimizer.step)
+    monkeypatch.setattr(type(trainer.accelerator), "optimizer_step_was_skipped", property(lambda self: True))
+    logs = trainer.train_step()
+    assert logs["skipped"] == 1.0 and trainer.scheduler.last_epoch == schedule
+    for name, before in targets.items():  # PopArt may rescale heads; no Polyak step, no critic-only updates
+        after = getattr(trainer.loss, name)
+        for key in ("blocks", "project", "modulate", "time_mlp", "text_proj"):
+            assert (after[key] == before[key]).all(), (name, key)
+
+
 def test_nonfinite_loss_raises_or_skips(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match=r"step 2: loss_actor=nan"):
         train(config(tiny_sd_path, instance_dir, tmp_path / "raise", max_steps=3), loss_factory=nan_at_step(2))

@@ -222,8 +222,11 @@ class Trainer:
                 if params and clips[name] is not None:
                     logs[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(params, clips[name]))
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so no schedule or target step
+            logs["skipped"] = 1.0
+            return logs
+        self.scheduler.step()
         if getattr(self.loss, "target_updater", None) is not None:
             self.loss.target_updater.step()
         for _ in range(getattr(self.loss, "auxiliary_updates", 0)):
@@ -246,7 +249,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.critic_params, self.config.critic_grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss.target_updater.step()
+        if not self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: the critic did not move
+            self.loss.target_updater.step()
 
     def diagnose(self) -> dict[str, float]:
         """Critic diagnostics (`diffrl.objectives.critic_diagnostics.diagnose`) on this step's batch, from a
