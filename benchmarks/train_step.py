@@ -6,6 +6,12 @@ so that machine load affects them alike; medians are reported with ratios to Dre
     python benchmarks/train_step.py                                   # tiny random models (CPU smoke figures)
     python benchmarks/train_step.py --pretrained CompVis/stable-diffusion-v1-4 --instance-dir DIR \
         --dino-weights dino_vits16.safetensors --batch-size 1 --repeats 10
+    python benchmarks/train_step.py --memory --repeats 3   # U-Net gradient checkpointing: peak memory, step time
+
+``--memory`` trains a random U-Net with SD v1's layout (4 levels, 2 layers each, cross-attention in the first three,
+self-attention over 64 x 64 latents at the top) but ``--width`` base channels, batch 4, eps-MSE + AdamW, with and
+without gradient checkpointing (what ``TrainConfig.gradient_checkpointing`` switches on). Target: peak memory cut by
+>= 40%; the step-time cost is reported.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ VARIANTS = {
     "one_step_lookforward": dict(method="one_step", rewards={"lookforward": 1.0}),
 }
 TARGETS = {"dpg_lookforward": 1.10, "dpg_dino": 1.5}
+CHECKPOINTING_MEMORY_CUT = 0.40
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -83,6 +90,55 @@ def peak_mib(step: Callable[[], object], device: torch.device) -> float:
     return tracker.peak / 2**20
 
 
+def sd_shaped_unet(width: int, latent_size: int) -> torch.nn.Module:
+    """A random U-Net with SD v1's block layout and ``width`` base channels (SD v1: 320)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(width, 2 * width, 4 * width, 4 * width),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
+    )
+
+
+def checkpointing_memory(width: int, latent_size: int, batch: int, repeats: int, device: torch.device) -> None:
+    """Peak memory and s/step of one U-Net training step with and without gradient checkpointing."""
+    results = {}
+    for checkpointing in (False, True):
+        unet = sd_shaped_unet(width, latent_size).to(device).train()
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+        generator = torch.Generator().manual_seed(0)
+        latents = torch.randn(batch, 4, latent_size, latent_size, generator=generator).to(device)
+        timesteps = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+        text = torch.randn(batch, 77, 64, generator=generator).to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+
+        def step() -> None:
+            prediction = unet(latents, timesteps, encoder_hidden_states=text).sample
+            torch.nn.functional.mse_loss(prediction, noise).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # warm-up, allocates the optimizer state
+        times = [seconds(step, device) for _ in range(repeats)]
+        results[checkpointing] = (peak_mib(step, device), statistics.median(times))
+        params = sum(p.numel() for p in unet.parameters())
+    (plain_mib, plain_s), (ckpt_mib, ckpt_s) = results[False], results[True]
+    cut = 1 - ckpt_mib / plain_mib
+    print(f"SD-v1-shaped U-Net, width {width} ({params / 1e6:.1f}M parameters), {latent_size}x{latent_size} latents, "
+          f"batch {batch}, device {device}, {torch.get_num_threads()} threads, {repeats} repeats (median)")
+    print(f"{'gradient checkpointing':<24}{'peak MiB':>10}{'s/step':>10}")
+    print(f"{'off':<24}{plain_mib:>10.1f}{plain_s:>10.3f}")
+    print(f"{'on':<24}{ckpt_mib:>10.1f}{ckpt_s:>10.3f}")
+    verdict = "met" if cut >= CHECKPOINTING_MEMORY_CUT else "MISSED"
+    print(f"peak memory cut {cut:.0%} (target >= {CHECKPOINTING_MEMORY_CUT:.0%}: {verdict}); step time x{ckpt_s / plain_s:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained", help="Stable Diffusion folder or hub id (default: a tiny random model)")
@@ -96,8 +152,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--prior", type=int, default=0, metavar="N",
                         help="prior preservation with N class images for every method, as DreamBooth is used (default: off)")
+    parser.add_argument("--memory", action="store_true", help="gradient checkpointing on an SD-shaped U-Net (see above)")
+    parser.add_argument("--width", type=int, default=16, help="--memory: base channels of the U-Net (default: %(default)s)")
+    parser.add_argument("--latent-size", type=int, default=64, help="--memory: latent side (default: %(default)s)")
+    parser.add_argument("--memory-batch", type=int, default=4, help="--memory: batch size (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        checkpointing_memory(args.width, args.latent_size, args.memory_batch, args.repeats, device)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="diffrl-bench-"))
     dino = dict(dino_weights=args.dino_weights)
     if args.zoo:

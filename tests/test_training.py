@@ -294,6 +294,26 @@ def nan_at_step(step: int):
     return factory
 
 
+def test_gradient_checkpointing_gives_the_same_training(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    weights = []
+    for checkpointing in (False, True):
+        trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / str(checkpointing), method="dpg", max_steps=3,
+                                 warmup_steps=0, train_text_encoder=True, gradient_checkpointing=checkpointing))
+        assert trainer.components.unet.is_gradient_checkpointing == checkpointing
+        trainer.train()
+        weights.append(dict(trainer.components.unet.named_parameters()))
+    plain, recomputed = weights
+    assert any(not torch.equal(p, q) for p, q in zip(plain.values(), load_unet_params(tiny_sd_path).values()))
+    for name, value in plain.items():
+        torch.testing.assert_close(recomputed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def load_unet_params(path: Path) -> dict[str, torch.Tensor]:
+    from diffrl.models import load_sd_components
+
+    return dict(load_sd_components(str(path)).unet.named_parameters())
+
+
 def test_a_step_the_grad_scaler_skips_moves_neither_the_schedule_nor_the_target_critic(
         tiny_sd_path: Path, instance_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "run", method="dpg", max_steps=2))

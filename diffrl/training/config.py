@@ -62,6 +62,8 @@ class TrainConfig:
         grad_clip: max gradient norm of the actor (``None``: no clipping).
         critic_grad_clip: max gradient norm of the critic (``None``: no clipping); its loss is in band-normalised units.
         mixed_precision: "no", "fp16" or "bf16" (HF Accelerate).
+        gradient_checkpointing: recompute the U-Net's (and a trained text encoder's) activations in the backward pass
+            instead of storing them: less memory, more compute; the same gradients.
         lora_rank: LoRA rank of the U-Net; 0 fine-tunes all U-Net weights.
         train_text_encoder: also fine-tune the text encoder (with `lr_actor`).
         resolution: training image size in pixels (``None``: the U-Net's native size).
@@ -115,6 +117,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     critic_grad_clip: float | None = 10.0
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
     lora_rank: int = 0
     train_text_encoder: bool = False
     seed: int = 0

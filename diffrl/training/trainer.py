@@ -137,6 +137,10 @@ class Trainer:
             add_lora(c.unet, config.lora_rank)
         else:
             c.unet.requires_grad_(True)
+        if config.gradient_checkpointing:
+            c.unet.enable_gradient_checkpointing()
+            if config.train_text_encoder:
+                c.text_encoder.gradient_checkpointing_enable()
 
     def _class_images(self) -> list[Path]:
         """Generate missing class images with the (still frozen) model on the main process; everyone waits."""
