@@ -294,6 +294,29 @@ def nan_at_step(step: int):
     return factory
 
 
+def test_ema_weights_are_exported_and_resume_exactly(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    from diffrl.models import load_sd_components
+
+    common = dict(method="dreambooth", use_ema=True, ema_decay=0.5, checkpoint_every=2)
+    trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "full", max_steps=4, **common))
+    result = trainer.train()
+    live = {k: v.detach().clone() for k, v in trainer.components.unet.named_parameters()}
+    exported = dict(load_sd_components(str(result.model_dir)).unet.named_parameters())
+    with trainer.ema_weights():
+        averaged = {k: v.detach().clone() for k, v in trainer.components.unet.named_parameters()}
+    assert all(torch.equal(v, trainer.components.unet.get_parameter(k)) for k, v in live.items())  # restored
+    assert any(not torch.equal(live[k], averaged[k]) for k in live)
+    for key, value in averaged.items():
+        torch.testing.assert_close(exported[key], value, rtol=0, atol=0, msg=key)
+    train(config(tiny_sd_path, instance_dir, tmp_path / "split", max_steps=2, **common))
+    resumed = train(config(tiny_sd_path, instance_dir, tmp_path / "split", max_steps=4, resume="latest", **common))
+    split = dict(load_sd_components(str(resumed.model_dir)).unet.named_parameters())
+    for key, value in exported.items():
+        torch.testing.assert_close(split[key], value, rtol=0, atol=1e-7, msg=key)
+    with pytest.raises(ConfigError, match="ema_decay must be in"):
+        config(tiny_sd_path, instance_dir, tmp_path / "bad", ema_decay=1.0)
+
+
 def test_gradient_checkpointing_gives_the_same_training(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
     weights = []
     for checkpointing in (False, True):

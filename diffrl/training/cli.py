@@ -111,6 +111,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     optim.add_argument("--max-steps", type=int, default=400)
     optim.add_argument("--grad-clip", type=float, default=1.0)
     optim.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
+    optim.add_argument("--use-ema", action="store_true", help="export an exponential moving average of the weights")
+    optim.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
     optim.add_argument("--gradient-checkpointing", action="store_true",
                        help="recompute U-Net (and trained text encoder) activations in the backward pass: less memory")
     optim.add_argument("--nonfinite", choices=("raise", "skip"), default="raise")
@@ -140,7 +142,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         actor_weighting=args.actor_weighting,
         lora_rank=args.lora_rank, train_text_encoder=args.train_text_encoder, lr_actor=args.lr_actor, lr_critic=args.lr_critic,
         batch_size=args.batch_size, max_steps=args.max_steps, grad_clip=args.grad_clip, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, use_ema=args.use_ema, ema_decay=args.ema_decay,
         nonfinite=args.nonfinite, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
         resume=args.resume,
     )

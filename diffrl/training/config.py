@@ -62,6 +62,8 @@ class TrainConfig:
         grad_clip: max gradient norm of the actor (``None``: no clipping).
         critic_grad_clip: max gradient norm of the critic (``None``: no clipping); its loss is in band-normalised units.
         mixed_precision: "no", "fp16" or "bf16" (HF Accelerate).
+        use_ema, ema_decay: keep an exponential moving average of the trained weights (diffusers' `EMAModel`, decay
+            ``min(ema_decay, (1 + n) / (10 + n))`` after n updates); the exported model holds the average.
         gradient_checkpointing: recompute the U-Net's (and a trained text encoder's) activations in the backward pass
             instead of storing them: less memory, more compute; the same gradients.
         lora_rank: LoRA rank of the U-Net; 0 fine-tunes all U-Net weights.
@@ -118,6 +120,8 @@ class TrainConfig:
     critic_grad_clip: float | None = 10.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.9999
     lora_rank: int = 0
     train_text_encoder: bool = False
     seed: int = 0
@@ -178,6 +182,8 @@ class TrainConfig:
         for name in ("grad_clip", "critic_grad_clip"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 or None (no clipping), got {getattr(self, name)!r}.")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}.")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}.")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,11 @@ class Trainer:
         warmup = max(config.lr_warmup_steps, 1)
         self.scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.optimizer = self.accelerator.prepare(optimizer)
+        self.ema = None
+        if config.use_ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.actor_params, decay=config.ema_decay)
         self.generators = find_generators(self.loss)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -231,6 +237,8 @@ class Trainer:
             logs["skipped"] = 1.0
             return logs
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.actor_params)
         if getattr(self.loss, "target_updater", None) is not None:
             self.loss.target_updater.step()
         for _ in range(getattr(self.loss, "auxiliary_updates", 0)):
@@ -331,7 +339,8 @@ class Trainer:
             self.save()
         model_dir = None
         if self.accelerator.is_main_process:
-            model_dir = save_model(config, self.components)
+            with self.ema_weights():
+                model_dir = save_model(config, self.components)
             self.writer.close()
         self.accelerator.wait_for_everyone()
         return TrainResult(step=self.step, history=self.history, model_dir=model_dir or config.model_dir, checkpoint=self.last_checkpoint)
@@ -360,6 +369,19 @@ class Trainer:
         )
         self.writer.add_image("samples", make_grid(images.float().cpu(), nrow=config.num_samples), self.step)
 
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Inside the block the trained parameters hold their moving average (``use_ema``); restored after."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.actor_params)
+        self.ema.copy_to(self.actor_params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.actor_params)
+
     # ------------------------------------------------------------------ state
     def _trained_modules(self) -> dict[str, nn.Module]:
         modules = {"unet": self.components.unet}
@@ -386,6 +408,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": {"ranks": rng},
         }
+        if self.ema is not None:
+            states["ema"] = self.ema.state_dict()
         if hasattr(self.loss, "collection_state"):  # e.g. DPG's replay buffer, one per process
             collected = self.loss.collection_state()
             states["collection"] = {"ranks": gather_object([collected]) if self.world > 1 else [collected]}
@@ -427,6 +451,10 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint.states["scheduler"])
         set_base_learning_rates(self.scheduler, learning_rates)
         restore_rng(checkpoint.states["rng"]["ranks"][self.rank], self.generators)
+        if self.ema is not None:
+            if "ema" not in checkpoint.states:
+                raise ValueError(f"Checkpoint '{path}' has no moving average of the weights; was use_ema turned on?")
+            self.ema.load_state_dict(checkpoint.states["ema"])
         if hasattr(self.loss, "load_collection_state"):
             if "collection" not in checkpoint.states:
                 raise ValueError(f"Checkpoint '{path}' has no replay buffer for {type(self.loss).__name__}; was the method changed?")
