@@ -66,8 +66,8 @@ class TrainConfig:
             ``min(ema_decay, (1 + n) / (10 + n))`` after n updates); the exported model holds the average.
         gradient_checkpointing: recompute the U-Net's (and a trained text encoder's) activations in the backward pass
             instead of storing them: less memory, more compute; the same gradients.
-        lora_rank: LoRA rank of the U-Net; 0 fine-tunes all U-Net weights.
-        train_text_encoder: also fine-tune the text encoder (with `lr_actor`).
+        lora_rank: LoRA rank of the U-Net (and of the text encoder when it is trained); 0 fine-tunes all weights.
+        train_text_encoder: also fine-tune the text encoder (with `lr_actor`; a LoRA adapter when ``lora_rank > 0``).
         resolution: training image size in pixels (``None``: the U-Net's native size).
         nonfinite: on a NaN/inf loss, "raise" an error or "skip" the optimizer step with a warning.
         checkpoint_every, keep_checkpoints: checkpoint period in steps (0: only at the end) and how many to keep.
@@ -192,8 +192,6 @@ class TrainConfig:
             raise ConfigError("num_class_images > 0 (prior preservation) needs class_prompt, e.g. 'a photo of dog'.")
         if not self.identifier.strip() or " " in self.identifier.strip():
             raise ConfigError(f"identifier must be one word such as 'sks', got {self.identifier!r}.")
-        if self.lora_rank > 0 and self.train_text_encoder:
-            raise ConfigError("train_text_encoder=True needs full fine-tuning (lora_rank=0); LoRA trains the U-Net only.")
         unknown = sorted(set(self.rewards) - set(REWARDS))
         if unknown:
             raise ConfigError(f"Unknown reward(s) {unknown}; choose from {list(REWARDS)}.")

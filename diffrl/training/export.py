@@ -25,7 +25,9 @@ def save_model(config: TrainConfig, components: SDComponents, target: Path | Non
         if config.lora_rank > 0:
             from peft.utils import get_peft_model_state_dict
 
-            pipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(components.unet), safe_serialization=True)
+            text_encoder = get_peft_model_state_dict(components.text_encoder) if config.train_text_encoder else None
+            pipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(components.unet),
+                                       text_encoder_lora_layers=text_encoder, safe_serialization=True)
         else:
             pipeline.save_pretrained(folder, safe_serialization=True)
             recommended = recommended_finetuning(config.pretrained)
@@ -45,7 +47,8 @@ def save_model(config: TrainConfig, components: SDComponents, target: Path | Non
 def _model_bytes(config: TrainConfig, components: SDComponents) -> int:
     """What the export writes: the LoRA weights, or every module's parameters and buffers."""
     if config.lora_rank > 0:
-        tensors = [p for p in components.unet.parameters() if p.requires_grad]
+        modules = (components.unet, components.text_encoder)
+        tensors = [p for module in modules for p in module.parameters() if p.requires_grad]
     else:
         modules = (components.unet, components.vae, components.text_encoder)
         tensors = [t for module in modules for t in module.state_dict().values()]

@@ -138,9 +138,11 @@ class Trainer:
         c.vae.requires_grad_(False)
         c.text_encoder.requires_grad_(config.train_text_encoder)
         if config.lora_rank > 0:
-            from diffrl.agents.lora import add_lora
+            from diffrl.agents.lora import add_lora, add_text_encoder_lora
 
             add_lora(c.unet, config.lora_rank)
+            if config.train_text_encoder:
+                add_text_encoder_lora(c.text_encoder, config.lora_rank)
         else:
             c.unet.requires_grad_(True)
         if config.gradient_checkpointing:
