@@ -3,12 +3,12 @@ they were."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_loading import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "critic_probe.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -16,12 +16,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def probe_module():
-    spec = importlib.util.spec_from_file_location("critic_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["critic_probe"] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT)
     yield module
-    sys.modules.pop("critic_probe", None)
+    sys.modules.pop(module.__name__, None)
 
 
 def test_tiny_probe_scores_the_trained_and_the_target_critic(probe_module, tmp_path: Path) -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_loading import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pg_task.py"
 
 
 @pytest.fixture(scope="module")
 def pg_task():
-    spec = importlib.util.spec_from_file_location("pg_task", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pg_task"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_quick_run_writes_a_consistent_table(pg_task, tmp_path):
