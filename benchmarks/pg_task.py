@@ -83,7 +83,7 @@ def run_method(config: PGTaskConfig, method: str, task, clip, reward, prompt_fil
         reward=config.reward, iterations=config.max_iterations, prompts_per_batch=config.prompts_per_batch,
         samples_per_prompt=config.samples_per_prompt, inference_steps=config.inference_steps,
         guidance_scale=config.guidance, inner_epochs=config.inner_epochs, minibatch=config.minibatch, lr=config.lr,
-        clip_range=config.clip_range, seed=config.seed, **{k: v for k, v in METHOD_SETTINGS[method].items()},
+        clip_range=config.clip_range, seed=config.seed, **METHOD_SETTINGS[method],
     ))
 
     def heldout() -> dict[str, float]:

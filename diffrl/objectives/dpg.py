@@ -414,10 +414,10 @@ class DPGLoss(DiffusionLoss):
         prediction = self._apply("critic", self.critic_params, rows, rows["action"], normalized=True)
         return prediction, self._normalize("critic", target, rows["timestep"]), target
 
-    def value_fit(self, rows: TensorDictBase, update_statistics: bool) -> tuple[Tensor, Tensor]:
-        """V_norm(s) (with gradients) and its normalised TD target r(s, mu(s)) + gamma (1 - done) V_target(s'),
-        ``[N]`` each, on the policy's own transitions ``rows`` (index 0 of each replay entry)."""
-        target = self.td_target(rows)
+    def value_fit(self, rows: TensorDictBase, target: Tensor, update_statistics: bool) -> tuple[Tensor, Tensor]:
+        """V_norm(s) (with gradients) and its normalised TD target, ``[N]`` each, on the policy's own transitions
+        ``rows`` (index 0 of each replay entry) with their TD targets ``target`` = r(s, mu(s)) + gamma (1 - done)
+        V_target(s') (`td_target`)."""
         if update_statistics:
             self._update_statistics("value_network", target, rows["timestep"])
         prediction = self._apply("value_network", self.value_network_params, rows, normalized=True)
@@ -446,14 +446,16 @@ class DPGLoss(DiffusionLoss):
         loss = loss + self.config.pair_weight * nn.functional.mse_loss(q_pairs[:, 1:] - q_pairs[:, :1],
                                                                        y_pairs[:, 1:] - y_pairs[:, :1])
         metrics = {"critic_r2": metric(r_squared(prediction.detach(), target_norm))}
-        if self.value_network is not None:
-            value, value_target = self.value_fit(rows[torch.arange(n, device=rows.device) * k1], update_statistics=True)
+        if self.value_network is not None:  # y = r + gamma (1 - done) V_target(s') of every row; V fits the own actions'
+            target = self.td_target(rows)
+            own = torch.arange(n, device=rows.device) * k1
+            value, value_target = self.value_fit(rows[own], target[own], update_statistics=True)
             loss = loss + nn.functional.mse_loss(value, value_target)
             metrics["value_r2"] = metric(r_squared(value.detach(), value_target))
         with torch.no_grad(), self.critic_params.to_module(self.critic, preserve_module_state=False):
             q_value = self.critic.denormalize(prediction.detach(), rows["timestep"])  # Q without a second forward
-        if self.value_network is not None:  # Q = R + gamma (1 - done) V(s') against y = r + gamma (1 - done) V_target(s')
-            q_value, target = q_value + self._next_value(rows["next"], target=False), self.td_target(rows)
+        if self.value_network is not None:  # Q = R + gamma (1 - done) V(s'), against y above
+            q_value = q_value + self._next_value(rows["next"], target=False)
         return TensorDict(
             {"loss_critic": loss, "q_value": metric(q_value), "td_target": metric(target),
              "td_error": metric((q_value - target).abs()), **metrics},
