@@ -99,7 +99,7 @@ def test_dreambooth_regresses_the_env_noise_and_matches_dpg_without_critic(compo
     steps = torch.randint(env.config.num_inference_steps, (B,), generator=generator)
     noise = torch.randn(B, *SHAPE, generator=generator)
     env.set_seed(5)
-    state = loss.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"])
+    state = loss.noised_state(batch)
     assert state["step"].tolist() == steps.tolist()
     torch.testing.assert_close(loss.true_noise(state), noise, rtol=1e-4, atol=1e-4)
 
@@ -242,7 +242,7 @@ def test_direct_reward_gradient_is_dreambooth_plus_the_weighted_reward(component
     dreambooth = unet_grads(DreamBoothLoss(env, actor), batch, seed=5)
 
     env.set_seed(5)
-    state = direct.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"])
+    state = direct.noised_state(batch)
     latents, t = state["latents"], state["timestep"]
     eps_hat = components.unet(latents, t, encoder_hidden_states=batch["prompt_embeds"]).sample
     abar = components.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)

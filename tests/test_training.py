@@ -65,6 +65,32 @@ def unet_hash(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def trained_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in trainer.components.unet.named_parameters()}
+
+
+def update_gap(start: dict[str, torch.Tensor], got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> float:
+    """||(got - start) - (expected - start)|| / ||expected - start|| over all weights: 0 for the same training."""
+    gap = sum(float((got[k] - expected[k]).pow(2).sum()) for k in expected)
+    update = sum(float((expected[k] - start[k]).pow(2).sum()) for k in expected)
+    return (gap / update) ** 0.5
+
+
+def assert_same_training(start: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
+                         expected: dict[str, torch.Tensor]) -> None:
+    """Weights to 1e-5 and the whole update to 1e-3 of its size. AdamW amplifies float noise only where a gradient
+    is near its eps (1e-8): such an element moves by up to ~lr differently, so the runs use lr 1e-5."""
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-5, msg=key)
+    assert update_gap(start, got, expected) < 1e-3
+
+
+def initial_unet(path: Path) -> dict[str, torch.Tensor]:
+    from diffusers import UNet2DConditionModel
+
+    return {k: v.detach() for k, v in UNet2DConditionModel.from_pretrained(path, subfolder="unet").named_parameters()}
+
+
 # ------------------------------------------------------------------ resume
 def test_resume_reproduces_the_uninterrupted_run(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
     """DPG (critic, target critic, replay buffer, PopArt statistics, the loss's and the envs' generators, the lambda
@@ -237,33 +263,48 @@ def test_bf16_run_follows_a_full_precision_run_in_one_process(tiny_sd_path: Path
 
 # ------------------------------------------------------------------ two processes
 LAUNCHED = """
-import hashlib, sys
+import sys
 from pathlib import Path
 from accelerate import PartialState
+from safetensors.torch import save_file
 from diffrl.training import TrainConfig, Trainer
 
-trainer = Trainer(TrainConfig.from_json(Path(sys.argv[1]).read_text()))
-trainer.train()
-digest = hashlib.sha256()
-for param in [*trainer.actor_params, *trainer.critic_params]:
-    digest.update(param.detach().numpy().tobytes())
-Path(sys.argv[2], f"hash-{PartialState().process_index}.txt").write_text(digest.hexdigest())
+for name in sys.argv[2:]:
+    trainer = Trainer(TrainConfig.from_json(Path(sys.argv[1], f"{name}.json").read_text()))
+    trainer.train()
+    trained = {f"{i}": p.detach().contiguous() for i, p in enumerate([*trainer.actor_params, *trainer.critic_params])}
+    save_file(trained, str(Path(sys.argv[1], f"{name}-rank{PartialState().process_index}.safetensors")))
 """
 
 
-def test_two_processes_keep_identical_parameters(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
-    cfg = config(tiny_sd_path, instance_dir, tmp_path / "run", method="dpg", max_steps=2)
-    (tmp_path / "config.json").write_text(cfg.to_json())
+def test_two_processes_step_like_one_process_with_twice_the_batch(tiny_sd_path: Path, instance_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """DDP through Accelerate (gloo on CPU): DreamBooth with 2 processes x batch 1 ends where 1 process x batch 2 does
+    (`assert_same_training` after 3 AdamW steps); DPG (actor, critic, critic-only updates) keeps both processes identical."""
+    from safetensors.torch import load_file
+
+    runs = {"dreambooth": config(tiny_sd_path, instance_dir, tmp_path / "db2", max_steps=3, lr_actor=1e-5),
+            "dpg": config(tiny_sd_path, instance_dir, tmp_path / "dpg2", method="dpg", max_steps=3)}
+    for name, cfg in runs.items():
+        (tmp_path / f"{name}.json").write_text(cfg.to_json())
     (tmp_path / "launched.py").write_text(textwrap.dedent(LAUNCHED))
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", str(tmp_path / "launched.py"), str(tmp_path / "config.json"), str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+               "--dynamo_backend", "no", str(tmp_path / "launched.py"), str(tmp_path), *runs]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    hashes = [(tmp_path / f"hash-{rank}.txt").read_text() for rank in (0, 1)]
-    assert hashes[0] == hashes[1]
-    assert (tmp_path / "run" / "model" / "model_index.json").is_file()
+    for name in runs:
+        ranks = [load_file(tmp_path / f"{name}-rank{rank}.safetensors") for rank in (0, 1)]
+        assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
+    assert (tmp_path / "db2" / "model" / "model_index.json").is_file()
+    single = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "db1", max_steps=3, batch_size=2, lr_actor=1e-5))
+    single.train()
+    distributed = load_file(tmp_path / "dreambooth-rank0.safetensors")
+    names = [name for name, param in single.components.unet.named_parameters() if param.requires_grad]
+    assert len(distributed) == len(names) == len(single.actor_params)
+    assert_same_training(initial_unet(tiny_sd_path), {name: distributed[str(i)] for i, name in enumerate(names)},
+                         trained_weights(single))
 
 
 # ------------------------------------------------------------------ bad input
@@ -311,9 +352,10 @@ def nan_at_step(step: int):
 
 
 def test_ema_weights_are_exported_and_resume_exactly(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    """EMA and gradient accumulation on: the exported weights are the average, and 2 steps + resume == 4 steps."""
     from diffrl.models import load_sd_components
 
-    common = dict(method="dreambooth", use_ema=True, ema_decay=0.5, checkpoint_every=2)
+    common = dict(method="dreambooth", use_ema=True, ema_decay=0.5, checkpoint_every=2, gradient_accumulation_steps=2)
     trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "full", max_steps=4, **common))
     result = trainer.train()
     live = {k: v.detach().clone() for k, v in trainer.components.unet.named_parameters()}
@@ -412,6 +454,22 @@ def test_invalid_hyperparameters(overrides: dict, message: str, tmp_path: Path) 
         config(Path("sd"), Path("inst"), tmp_path, **overrides)
 
 
+def test_gradient_accumulation_steps_like_one_larger_batch(tiny_sd_path: Path, instance_dir: Path, tmp_path: Path) -> None:
+    """2 micro-batches of 1 image == 1 batch of 2 images (the same global rows: images, augmentation, t and noise),
+    prior preservation included, after 3 AdamW steps; 1 image per step is another training (the test can fail)."""
+    common = dict(max_steps=3, lr_actor=1e-5, num_class_images=2, class_prompt="a photo of dog",
+                  class_dir=str(tmp_path / "cls"))
+    runs = {}
+    for name, batch, accumulation in (("batch2", 2, 1), ("accumulated", 1, 2), ("batch1", 1, 1)):
+        trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / name, batch_size=batch,
+                                 gradient_accumulation_steps=accumulation, **common))
+        trainer.train()
+        runs[name] = trained_weights(trainer)
+    start = initial_unet(tiny_sd_path)
+    assert_same_training(start, runs["accumulated"], runs["batch2"])
+    assert update_gap(start, runs["batch1"], runs["batch2"]) > 0.1
+
+
 # ------------------------------------------------------------------ data
 def test_augmentation_is_a_function_of_seed_step_and_rank(instance_dir: Path) -> None:
     data = ReferenceImages.from_folder(instance_dir, 16, crop_scale=0.5)
@@ -421,6 +479,9 @@ def test_augmentation_is_a_function_of_seed_step_and_rank(instance_dir: Path) ->
     assert not torch.equal(data.batch(3, 2, seed=0, rank=0, world_size=2), data.batch(3, 2, seed=0, rank=1, world_size=2))
     epoch = [i for step in range(3) for i in data.indices(step, 1, seed=0)]
     assert sorted(epoch) == [0, 1, 2]  # every image once per epoch
+    # a global row's image does not depend on how the global batch is split over processes or positions
+    split = torch.cat([data.batch(3, 1, seed=0, rank=rank, world_size=2) for rank in (0, 1)])
+    assert torch.equal(split, data.batch(3, 2, seed=0)) and torch.equal(split, torch.cat([data.batch(6, 1, seed=0), data.batch(7, 1, seed=0)]))
 
 
 def test_no_augmentation_returns_the_images_unchanged(instance_dir: Path) -> None:

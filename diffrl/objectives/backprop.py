@@ -97,7 +97,7 @@ class RewardBackpropLoss(DiffusionLoss):
         loss = -self.config.reward_scale * reward.mean()
         out = {"reward": metric(reward)}
         if self.config.eps_weight > 0:
-            noised = self.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"])
+            noised = self.noised_state(batch)
             eps_mse = self.eps_mse(self.regression_actor(noised))
             loss = loss + self.config.eps_weight * eps_mse
             out["eps_mse"] = metric(eps_mse)

@@ -24,7 +24,9 @@ class DiffusionLoss(LossModule):
         ``"x0"`` ``[B, C, h, w]`` instance latents (VAE-encoded, scaled); ``"prompt_embeds"`` ``[B, L, D]`` (may carry
         gradients when the text encoder is trained); ``"negative_prompt_embeds"`` ``[B, L, D]``; optionally
         ``("prior", "x0")`` and ``("prior", "prompt_embeds")`` (class images of the frozen model and the class prompt)
-        for prior preservation.
+        for prior preservation; optionally ``"noise"`` ``[B, C, h, w]`` and ``"step"`` ``[B]`` (int64 schedule
+        indices) that noise ``x0`` (and ``("prior", "noise")``, ``("prior", "step")`` the prior batch's), see
+        `noised_state`.
 
     Args:
         env: the `DenoisingEnv` producing the method's transitions. It is used, not owned: it is not a submodule, so
@@ -84,12 +86,17 @@ class DiffusionLoss(LossModule):
             raise ValueError(f"batch_size {tuple(batch.batch_size)} does not match the environment's {expected}.")
 
     # -------------------------------------------------- noising, DreamBooth
-    def noised_state(self, x0: Tensor, prompt_embeds: Tensor, negative_prompt_embeds: Tensor) -> TensorDictBase:
-        """s_t: ``x0`` noised by the reference env to a random schedule step per sample (its seeded generator)."""
+    def noised_state(self, batch: TensorDictBase) -> TensorDictBase:
+        """s_t: the batch's ``"x0"`` noised to a schedule step per sample, with its prompt embeddings.
+
+        The batch's ``"noise"`` ``[B, C, h, w]`` and ``"step"`` ``[B]`` (schedule indices) are used when it carries
+        them (the trainer draws them per sample, so that a batch split over processes or accumulation steps sees the
+        same draws); otherwise the reference env draws both from its seeded generator."""
         env = self._reference_env()
-        given = TensorDict(
-            x0=x0, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, batch_size=env.batch_size
-        )
+        given = batch.select(*INSTANCE_KEYS).clone(recurse=False)
+        if "noise" in batch.keys() and "step" in batch.keys():
+            given["step"] = batch["step"]
+            given["latents"] = env.schedule.add_noise(batch["x0"], batch["noise"], env.schedule.timesteps[batch["step"]])
         return env.reset(given, set_state=True)
 
     def true_noise(self, state: TensorDictBase) -> Tensor:
@@ -106,9 +113,10 @@ class DiffusionLoss(LossModule):
         """eps-MSE of the actor on the prior-preservation batch ``batch["prior"]``; ``None`` when there is none."""
         if "prior" not in batch.keys():
             return None
-        prior = batch["prior"]
-        negative = prior.get("negative_prompt_embeds", batch["negative_prompt_embeds"])
-        state = self.regression_actor(self.noised_state(prior["x0"], prior["prompt_embeds"], negative))
+        prior = batch["prior"].clone(recurse=False)
+        if "negative_prompt_embeds" not in prior.keys():
+            prior["negative_prompt_embeds"] = batch["negative_prompt_embeds"]
+        state = self.regression_actor(self.noised_state(prior))
         return self.eps_mse(state)
 
     def add_prior(self, loss_actor: Tensor, batch: TensorDictBase, out: dict[str, Tensor], weight: float) -> Tensor:

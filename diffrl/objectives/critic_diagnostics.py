@@ -77,7 +77,7 @@ def reward_model_gradient(loss: DPGLoss, state: TensorDictBase) -> Tensor:
     """d R(s, a) / d a at a = mu(s) ``[M, C, h, w]``: the critic network alone, without the value of the next state
     that ``critic_form="reward_value"`` adds to Q (for the default form, how much of Q's action gradient is R's)."""
     action = state["action"].detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(loss._apply("critic", loss.critic_params.detach(), state.detach(), action).sum(), action)
+    (grad,) = torch.autograd.grad(loss._network("critic", loss.critic_params.detach(), state.detach(), action).sum(), action)
     return grad
 
 

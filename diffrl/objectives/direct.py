@@ -96,7 +96,7 @@ class DirectRewardLoss(DiffusionLoss):
 
     def forward(self, batch: TensorDictBase) -> TensorDict:
         self.check_batch(batch)
-        state = self.actor(self.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"]))
+        state = self.actor(self.noised_state(batch))
         eps_mse = self.eps_mse(state)
         differentiate = torch.is_grad_enabled() and self.config.lam > 0
         with torch.set_grad_enabled(differentiate):  # lam = 0: the reward is only logged, no graph is kept

@@ -248,8 +248,8 @@ class DPGLoss(DiffusionLoss):
             inputs.update(action=action.float(), x0_hat=look_forward(latents, action.float(), abar))
         return inputs
 
-    def _apply(self, name: str, params: TensorDictBase, state: TensorDictBase, action: Tensor | None = None,
-               normalized: bool = False) -> Tensor:
+    def _network(self, name: str, params: TensorDictBase, state: TensorDictBase, action: Tensor | None = None,
+                 normalized: bool = False) -> Tensor:
         """``"critic"`` at (s, a) or ``"value_network"`` at s with ``params`` (fp32), ``[B]``: in reward units, or in
         the network's band-normalised units with ``normalized``."""
         network = getattr(self, name)
@@ -278,12 +278,12 @@ class DPGLoss(DiffusionLoss):
         """Q(s, a) ``[B]`` in reward units (fp32), differentiable in ``action`` and the state, not in the critic's
         parameters; ``target``: the target networks' Q. With a value network, R(s, a) + gamma (1 - done) V(s'(s, a))
         (`next_state`: ``state`` needs ``"step"``)."""
-        q = self._apply("critic", (self.target_critic_params if target else self.critic_params).detach(), state, action)
+        q = self._network("critic", (self.target_critic_params if target else self.critic_params).detach(), state, action)
         if self.value_network is None:
             return q
         following = self.next_state(state, action)
         params = (self.target_value_network_params if target else self.value_network_params).detach()
-        return q + self.config.gamma * (~following["done"]).float() * self._apply("value_network", params, following)
+        return q + self.config.gamma * (~following["done"]).float() * self._network("value_network", params, following)
 
     def actor_q(self, state: TensorDictBase, action: Tensor) -> Tensor:
         """The Q the actor maximises ``[B]``: `q_value` of the critic named by `DPGConfig.actor_reads`."""
@@ -379,10 +379,10 @@ class DPGLoss(DiffusionLoss):
         with torch.no_grad():
             if self.value_network is not None:
                 params = self.target_value_network_params if target else self.value_network_params
-                value = self._apply("value_network", params, following)
+                value = self._network("value_network", params, following)
             else:
                 params = self.target_critic_params if target else self.critic_params
-                value = self._apply("critic", params, following, following["action"])
+                value = self._network("critic", params, following, following["action"])
         return self.config.gamma * (~following["done"]).float() * value
 
     def td_target(self, rows: TensorDictBase) -> Tensor:
@@ -395,7 +395,7 @@ class DPGLoss(DiffusionLoss):
         ``rows``; with a value network Q is read at the stored next state (equal to s'(s, b) on a deterministic
         schedule)."""
         with torch.no_grad():
-            q = self._apply("critic", self.critic_params, rows, rows["action"])
+            q = self._network("critic", self.critic_params, rows, rows["action"])
             if self.value_network is not None:
                 q = q + self._next_value(rows["next"], target=False)
             return q, self.td_target(rows)
@@ -411,7 +411,7 @@ class DPGLoss(DiffusionLoss):
             target = self.config.reward_scale * rows["reward"].float()
         if update_statistics:
             self._update_statistics("critic", target, rows["timestep"])
-        prediction = self._apply("critic", self.critic_params, rows, rows["action"], normalized=True)
+        prediction = self._network("critic", self.critic_params, rows, rows["action"], normalized=True)
         return prediction, self._normalize("critic", target, rows["timestep"]), target
 
     def value_fit(self, rows: TensorDictBase, target: Tensor, update_statistics: bool) -> tuple[Tensor, Tensor]:
@@ -420,7 +420,7 @@ class DPGLoss(DiffusionLoss):
         V_target(s') (`td_target`)."""
         if update_statistics:
             self._update_statistics("value_network", target, rows["timestep"])
-        prediction = self._apply("value_network", self.value_network_params, rows, normalized=True)
+        prediction = self._network("value_network", self.value_network_params, rows, normalized=True)
         return prediction, self._normalize("value_network", target, rows["timestep"])
 
     def _update_statistics(self, name: str, target: Tensor, timestep: Tensor) -> None:
@@ -476,7 +476,7 @@ class DPGLoss(DiffusionLoss):
 
     def forward(self, batch: TensorDictBase) -> TensorDict:
         self.check_batch(batch)
-        state = self.actor(self.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"]))
+        state = self.actor(self.noised_state(batch))
         action = state["action"]
         group = self.collect(self.noised_states(batch))
         with torch.no_grad():

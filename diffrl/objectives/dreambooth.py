@@ -45,7 +45,7 @@ class DreamBoothLoss(DiffusionLoss):
 
     def forward(self, batch: TensorDictBase) -> TensorDict:
         self.check_batch(batch)
-        state = self.actor(self.noised_state(batch["x0"], batch["prompt_embeds"], batch["negative_prompt_embeds"]))
+        state = self.actor(self.noised_state(batch))
         eps_mse = self.eps_mse(state)
         out = {"eps_mse": metric(eps_mse)}
         out["loss_actor"] = self.add_prior(eps_mse, batch, out, self.config.prior_weight)

@@ -107,7 +107,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
                        help="default: the rate the --pretrained folder recommends in diffrl_finetuning.json (the "
                             f"bundled zoo does), else {DEFAULT_LR_ACTOR}")
     optim.add_argument("--lr-critic", type=float, default=TrainConfig.lr_critic)
-    optim.add_argument("--batch-size", type=int, default=1)
+    optim.add_argument("--batch-size", type=int, default=1, help="images per process per micro-batch")
+    optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
     optim.add_argument("--max-steps", type=int, default=400)
     optim.add_argument("--grad-clip", type=float, default=1.0)
     optim.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
@@ -141,7 +142,8 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         dino_weights=args.dino_weights and str(args.dino_weights), dino_arch=args.dino_arch, gamma=args.gamma, lam=args.lam,
         actor_weighting=args.actor_weighting,
         lora_rank=args.lora_rank, train_text_encoder=args.train_text_encoder, lr_actor=args.lr_actor, lr_critic=args.lr_critic,
-        batch_size=args.batch_size, max_steps=args.max_steps, grad_clip=args.grad_clip, mixed_precision=args.mixed_precision,
+        batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_steps=args.max_steps, grad_clip=args.grad_clip, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, use_ema=args.use_ema, ema_decay=args.ema_decay,
         nonfinite=args.nonfinite, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
         resume=args.resume,

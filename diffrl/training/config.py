@@ -57,7 +57,9 @@ class TrainConfig:
         lr_actor, lr_critic, lr_warmup_steps: AdamW learning rates and linear warm-up. ``lr_actor=None``: the rate
             the pretrained folder recommends (`diffrl.models.FINETUNING_FILE`; the bundled zoo declares one), else
             `DEFAULT_LR_ACTOR` (5e-6, DreamBooth's for Stable Diffusion); `resolved_lr_actor` says which.
-        batch_size: instance images per process per step.
+        batch_size: instance images per process per micro-batch.
+        gradient_accumulation_steps: micro-batches per optimizer step (`Accelerator.accumulate`); the images of a
+            step are batch_size x gradient_accumulation_steps x processes.
         max_steps: optimizer steps in total (a resumed run continues up to it).
         grad_clip: max gradient norm of the actor (``None``: no clipping).
         critic_grad_clip: max gradient norm of the critic (``None``: no clipping); its loss is in band-normalised units.
@@ -115,6 +117,7 @@ class TrainConfig:
     lr_critic: float = 1e-3
     lr_warmup_steps: int = 0
     batch_size: int = 1
+    gradient_accumulation_steps: int = 1
     max_steps: int = 400
     grad_clip: float | None = 1.0
     critic_grad_clip: float | None = 10.0
@@ -159,7 +162,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must not be empty.")
         if self.lr_actor is not None and not self.lr_actor > 0:
             raise ConfigError(f"lr_actor must be > 0 or None (the pretrained folder's recommendation), got {self.lr_actor!r}.")
-        for name in ("lr_critic", "batch_size", "max_steps", "num_inference_steps", "sample_steps", "log_every"):
+        for name in ("lr_critic", "batch_size", "gradient_accumulation_steps", "max_steps", "num_inference_steps", "sample_steps", "log_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
         for name in ("exploration_actions", "critic_states", "critic_updates", "critic_batch_size", "replay_size"):

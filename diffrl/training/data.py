@@ -64,23 +64,48 @@ class ReferenceImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    def indices(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
-        """Indices of the batch of `step` on process `rank`: epochs of seeded permutations, consumed in order."""
+    def indices(self, position: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
+        """Indices of the batch at `position` (see `global_rows`) on process `rank`: epochs of seeded permutations,
+        consumed in order."""
         count = len(self)
-        start = (step * world_size + rank) * batch_size
         picked = []
-        for position in range(start, start + batch_size):
-            epoch, offset = divmod(position, count)
+        for row in global_rows(position, batch_size, rank, world_size):
+            epoch, offset = divmod(row, count)
             perm = torch.randperm(count, generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
             picked.append(int(perm[offset]))
         return picked
 
-    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Tensor:
-        """Augmented images ``[B, 3, R, R]`` in ``[0, 1]`` for `step` (deterministic in seed, step and rank)."""
-        indices = self.indices(step, batch_size, seed, rank, world_size)
-        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: isolate it
-            torch.manual_seed(derive_seed(seed, step, rank, 1))
-            return torch.stack([self.augment(self.images[i]) for i in indices]).float() / 255
+    def batch(self, position: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Tensor:
+        """Augmented images ``[B, 3, R, R]`` in ``[0, 1]`` at `position`: each row's image and augmentation are a pure
+        function of (seed, global row), so a batch split over processes or accumulation steps is the same data."""
+        images = []
+        for row, index in zip(global_rows(position, batch_size, rank, world_size),
+                              self.indices(position, batch_size, seed, rank, world_size), strict=True):
+            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: isolate it
+                torch.manual_seed(derive_seed(seed, row, 1))
+                images.append(self.augment(self.images[index]))
+        return torch.stack(images).float() / 255
+
+
+def global_rows(position: int, batch_size: int, rank: int = 0, world_size: int = 1) -> range:
+    """The global sample indices of process `rank`'s batch at `position` (= step x accumulation steps + micro-batch):
+    positions are consumed in order, each by all processes side by side, ``batch_size`` rows per process."""
+    start = (position * world_size + rank) * batch_size
+    return range(start, start + batch_size)
+
+
+def schedule_noise(
+    seed: int, rows: range, shape: Sequence[int], num_steps: int, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """Per-row noise ``[B, *shape]`` (float32) and schedule indices ``[B]`` (int64, uniform in ``[0, num_steps)``),
+    each row from a generator of its own seeded by (seed, row): the draws of a global row do not depend on how
+    the global batch is split."""
+    noise, steps = [], []
+    for row in rows:
+        generator = torch.Generator(device=device).manual_seed(derive_seed(seed, row, 4))
+        steps.append(torch.randint(num_steps, (1,), generator=generator, device=device))
+        noise.append(torch.randn(tuple(shape), generator=generator, device=device))
+    return torch.stack(noise), torch.cat(steps)
 
 
 def derive_seed(*values: int) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.optim import AdamW
@@ -27,7 +27,9 @@ from diffrl.models import SDComponents, encode_images, encode_prompts, load_sd_c
 from diffrl.training.build import TrainingContext, build_loss
 from diffrl.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from diffrl.training.config import ConfigError, TrainConfig
-from diffrl.training.data import ReferenceImages, check_identifier, derive_seed, ensure_class_images
+from diffrl.training.data import (
+    ReferenceImages, check_identifier, derive_seed, ensure_class_images, global_rows, schedule_noise,
+)
 from diffrl.training.export import save_model
 from diffrl.training.history import read_history
 from diffrl.training.progress import Progress
@@ -57,9 +59,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
+def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int = 1) -> Accelerator:
     """An `Accelerator`; on a machine without CUDA, ``cpu=True`` makes ``accelerate launch --multi_gpu`` run gloo on CPU.
 
+    The trained modules are wrapped in DDP by `Accelerator.prepare` without broadcasting buffers: a loss module's
+    buffers (target critic, frozen statistics) are identical in every process by construction, or are its own.
     Accelerate keeps one global state per process; when an earlier run in this process chose another precision, that
     state (not the distributed process group) is reset so that runs with different settings can follow each other.
     """
@@ -68,14 +72,34 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(
+        mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+class CriticUpdate(nn.Module):
+    """A loss's critic-only update (``auxiliary_loss``) as a module whose parameters are the critic's alone, so that
+    `Accelerator.prepare` can wrap it in DDP: its backward averages the critic's gradients and no others."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.critic = nn.ParameterList(loss.critic_parameters())
+        self.__dict__["loss"] = loss  # not a submodule: DDP must see the critic's parameters only
+
+    def forward(self) -> TensorDict:
+        return self.loss.auxiliary_loss()
 
 
 class Trainer:
     """Personalize a diffusion model with one `DiffusionLoss` (trainer interface in DESIGN.md / diffrl.objectives).
 
-    Every process builds identical models (same seed), draws its own data and environment noise, and averages
-    gradients with the others before each optimizer step, so parameters stay identical across processes.
+    Every process builds identical models (same seed) and takes its own rows of each global batch (the images, their
+    augmentation, noise and t of global row i depend on the seed and i only, `diffrl.training.data.global_rows`);
+    the loss module is wrapped in DDP by `Accelerator.prepare`, which averages the gradients, so parameters stay
+    identical across processes and P processes x batch B step like one process with batch P x B. With
+    ``gradient_accumulation_steps`` A, one step runs A micro-batches under `Accelerator.accumulate`: like batch A x B.
 
     Args:
         config: the run.
@@ -93,7 +117,7 @@ class Trainer:
         components: SDComponents | None = None,
     ) -> None:
         self.config = config
-        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision, config.gradient_accumulation_steps)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         check_identifier(config.instance_prompt, config.identifier)
         instance_paths = list_images(config.instance_dir)  # fail fast, before loading the model
@@ -118,7 +142,8 @@ class Trainer:
         optimizer = AdamW(groups)
         warmup = max(config.lr_warmup_steps, 1)
         self.scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        self.optimizer = self.accelerator.prepare(optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.loss, optimizer)  # DDP when distributed
+        self.critic_update = self.accelerator.prepare(CriticUpdate(self.loss)) if self.critic_params else None
         self.ema = None
         if config.use_ema:
             from diffusers.training_utils import EMAModel
@@ -189,10 +214,13 @@ class Trainer:
         return SummaryWriter(str(Path(self.config.output_dir) / "logs"), purge_step=start + 1 if start else None)
 
     # ------------------------------------------------------------------ one step
-    def batch(self, step: int) -> TensorDict:
-        """The loss module's input for `step` (a pure function of seed, step and process)."""
+    def batch(self, step: int, micro: int = 0) -> TensorDict:
+        """The loss module's input for micro-batch `micro` of `step`: this process's rows of the global batch (a pure
+        function of seed, step, micro-batch and process; see `diffrl.training.data.global_rows`)."""
         config, device, size = self.config, self.accelerator.device, self.config.batch_size
-        images = self.instances.batch(step, size, config.seed, self.rank, self.world).to(device)
+        position = step * config.gradient_accumulation_steps + micro
+        rows = global_rows(position, size, self.rank, self.world)
+        images = self.instances.batch(position, size, config.seed, self.rank, self.world).to(device)
         with torch.no_grad():
             x0 = encode_images(self.components.vae, images)
         trained = config.train_text_encoder
@@ -202,31 +230,43 @@ class Trainer:
                 "x0": x0,
                 "prompt_embeds": instance.expand(size, -1, -1),
                 "negative_prompt_embeds": self.embeds["negative"].expand(size, -1, -1),
+                **self._noise(config.seed, rows, x0),
             },
             batch_size=[size],
         )
         if self.classes is not None:
-            class_images = self.classes.batch(step, size, derive_seed(config.seed, 2), self.rank, self.world).to(device)
+            class_seed = derive_seed(config.seed, 2)
+            class_images = self.classes.batch(position, size, class_seed, self.rank, self.world).to(device)
             with torch.no_grad():
-                batch["prior", "x0"] = encode_images(self.components.vae, class_images)
+                prior_x0 = encode_images(self.components.vae, class_images)
             embeds = self._encode([config.class_prompt]) if trained else self.embeds["class"]
-            batch["prior", "prompt_embeds"] = embeds.expand(size, -1, -1)
+            batch["prior"] = TensorDict(
+                {"x0": prior_x0, "prompt_embeds": embeds.expand(size, -1, -1), **self._noise(class_seed, rows, prior_x0)},
+                batch_size=[size],
+            )
         return batch
 
+    def _noise(self, seed: int, rows: range, x0: Tensor) -> dict[str, Tensor]:
+        """``"noise"`` and ``"step"`` (schedule index) of each row, drawn per global row (`schedule_noise`)."""
+        noise, step = schedule_noise(seed, rows, x0.shape[1:], self.config.num_inference_steps, x0.device)
+        return {"noise": noise.to(x0.dtype), "step": step}
+
     def train_step(self) -> dict[str, float]:
-        """Forward, backward, gradient averaging and clipping, optimizer/scheduler/target updates; returns the logs."""
-        with self.accelerator.autocast():
-            out = self.loss(self.batch(self.step))
-        terms = {key: value for key, value in out.items() if key.startswith("loss_")}
-        if not terms:
-            raise RuntimeError(f"The loss module returned no 'loss_*' keys (got {list(out.keys())}).")
-        total = sum(terms.values())
-        logs = self._mean_over_processes({key: value.detach().float().mean() for key, value in out.items()})
-        if not all(math.isfinite(logs[key]) for key in terms):
-            if self._handle_nonfinite(terms, logs):
-                return logs
-        self.accelerator.backward(total)
-        self._average_gradients()
+        """One optimizer step: forward and backward of ``gradient_accumulation_steps`` micro-batches (DDP averages the
+        gradients over processes on the last), clipping, the optimizer, schedule, EMA and target updates, then the
+        critic-only updates. Returns the logs, averaged over micro-batches and processes."""
+        micro_logs, skip = [], False
+        for micro in range(self.config.gradient_accumulation_steps):
+            with self.accelerator.accumulate(self.model):
+                logs, skipped = self._forward_backward(micro)
+            micro_logs.append(logs)
+            skip = skip or skipped
+        logs = {key: sum(m[key] for m in micro_logs if key in m) / sum(key in m for m in micro_logs)
+                for key in dict.fromkeys(k for m in micro_logs for k in m)}
+        if skip:  # a non-finite micro-batch (nonfinite="skip") drops the whole step
+            self.optimizer.zero_grad(set_to_none=True)
+            logs["skipped"] = 1.0
+            return logs
         clips = {"actor": self.config.grad_clip, "critic": self.config.critic_grad_clip}
         if any(clips[name] is not None and params for name, params in self.param_groups.items()):
             self.accelerator.unscale_gradients(self.optimizer)  # once (fp16), then clip actor and critic separately
@@ -247,17 +287,30 @@ class Trainer:
             self._auxiliary_step()
         return logs
 
+    def _forward_backward(self, micro: int) -> tuple[dict[str, float], bool]:
+        """Forward and backward of one micro-batch; returns its logs and whether it was non-finite and skipped."""
+        with self.accelerator.autocast():
+            out = self.model(self.batch(self.step, micro))
+        terms = {key: value for key, value in out.items() if key.startswith("loss_")}
+        if not terms:
+            raise RuntimeError(f"The loss module returned no 'loss_*' keys (got {list(out.keys())}).")
+        logs = self._mean_over_processes({key: value.detach().float().mean() for key, value in out.items()})
+        if not all(math.isfinite(logs[key]) for key in terms) and self._handle_nonfinite(terms, logs):
+            return logs, True
+        self.accelerator.backward(sum(terms.values()))
+        return logs, False
+
     def _auxiliary_step(self) -> None:
         """One critic-only update (`DPGLoss.auxiliary_loss`): the actor's gradients stay None, so AdamW leaves the
         actor (and its moments) untouched; the learning-rate schedule counts actor steps and does not advance."""
         with self.accelerator.autocast():
-            out = self.loss.auxiliary_loss()
+            out = self.critic_update()
         loss_critic = out["loss_critic"]
         if not math.isfinite(self._mean_over_processes({"loss_critic": loss_critic.detach().float()})["loss_critic"]):
             if self._handle_nonfinite({"loss_critic": loss_critic}, {"loss_critic": float("nan")}):
                 return
-        self.accelerator.backward(loss_critic)
-        self._average_gradients(self.critic_params)
+        # one whole update: undo the division by the accumulation steps that `backward` applies to every loss
+        self.accelerator.backward(loss_critic * self.accelerator.gradient_accumulation_steps)
         if self.config.critic_grad_clip is not None:
             self.accelerator.unscale_gradients(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.critic_params, self.config.critic_grad_clip)
@@ -295,16 +348,6 @@ class Trainer:
         if self.world > 1:
             stacked = self.accelerator.reduce(stacked, reduction="mean")
         return dict(zip(values, stacked.tolist()))
-
-    def _average_gradients(self, params: list[nn.Parameter] | None = None) -> None:
-        """All-reduce (mean) the gradients of ``params`` (default: every trained parameter) across processes."""
-        if self.world == 1:
-            return
-        for param in [*self.actor_params, *self.critic_params] if params is None else params:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            torch.distributed.all_reduce(param.grad)
-            param.grad /= self.world
 
     # ------------------------------------------------------------------ loop
     @releases_run_dir(always=True)
@@ -415,7 +458,7 @@ class Trainer:
         if hasattr(self.loss, "collection_state"):  # e.g. DPG's replay buffer, one per process
             collected = self.loss.collection_state()
             states["collection"] = {"ranks": gather_object([collected]) if self.world > 1 else [collected]}
-        images_seen = self.step * self.config.batch_size * self.world
+        images_seen = self.step * self.config.batch_size * self.config.gradient_accumulation_steps * self.world
         meta = {"world_size": self.world, "data_position": {"step": self.step, "images_seen": images_seen}, "config": self.config.to_json()}
         return Checkpoint(step=self.step, tensors=tensors, states=states, meta=meta)
 
