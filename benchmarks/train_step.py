@@ -17,6 +17,7 @@ without gradient checkpointing (what ``TrainConfig.gradient_checkpointing`` swit
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -31,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from diffrl.models import load_sd_components
-from diffrl.models.tiny import build_tiny_dino, build_tiny_sd
+from diffrl.models.tiny import build_tiny_dino, build_tiny_sd, sd15_unet_settings
 from diffrl.training import TrainConfig, Trainer
 
 VARIANTS = {
@@ -91,17 +92,12 @@ def peak_mib(step: Callable[[], object], device: torch.device) -> float:
 
 
 def sd_shaped_unet(width: int, latent_size: int) -> torch.nn.Module:
-    """A random U-Net with SD v1's block layout and ``width`` base channels (SD v1: 320)."""
+    """A random U-Net with SD v1's block layout and ``width`` base channels (SD v1: 320), 64-d text tokens."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(width, 2 * width, 4 * width, 4 * width),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
-    )
+    return UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4, cross_attention_dim=64,
+                                **sd15_unet_settings(width))
 
 
 def checkpointing_memory(width: int, latent_size: int, batch: int, repeats: int, device: torch.device) -> None:
@@ -145,6 +141,10 @@ def main() -> None:
     parser.add_argument("--zoo", action="store_true", help="the embedded emoji zoo: its SD model, DINO and a bundled subject")
     parser.add_argument("--instance-dir", type=Path, help="subject images (default: 4 random images)")
     parser.add_argument("--dino-weights", help="DINO weights (default: a tiny random DINO)")
+    parser.add_argument("--dino-kwargs", type=json.loads, default={}, metavar="JSON",
+                        help="timm.create_model kwargs of --dino-weights' architecture (default: ViT-S/16's own)")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                        help="Accelerate's autocast for every method (the critic stays fp32) (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=64, help="image size of the tiny model (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
@@ -163,7 +163,7 @@ def main() -> None:
         checkpointing_memory(args.width, args.latent_size, args.memory_batch, args.repeats, device)
         return
     tmp = Path(tempfile.mkdtemp(prefix="diffrl-bench-"))
-    dino = dict(dino_weights=args.dino_weights)
+    dino = dict(dino_weights=args.dino_weights, dino_kwargs=args.dino_kwargs)
     if args.zoo:
         from diffrl.zoo.registry import load
 
@@ -186,7 +186,8 @@ def main() -> None:
     trainers = {
         name: Trainer(
             TrainConfig(pretrained=args.pretrained, instance_dir=str(args.instance_dir), instance_prompt="a photo of sks dog",
-                        output_dir=str(tmp / name), batch_size=args.batch_size, max_steps=1, **dino, **prior, **variant),
+                        output_dir=str(tmp / name), batch_size=args.batch_size, max_steps=1,
+                        mixed_precision=args.mixed_precision, **dino, **prior, **variant),
             components=components,
         )
         for name, variant in VARIANTS.items()
@@ -199,6 +200,7 @@ def main() -> None:
                 times[name].append(elapsed)
     memory = {name: peak_mib(trainer.train_step, device) for name, trainer in trainers.items()}
     print(f"device: {device}, threads: {args.threads}, batch size: {args.batch_size}, repeats: {args.repeats} (median), "
+          f"mixed precision: {args.mixed_precision}, "
           f"prior preservation: {f'{args.prior} class images' if args.prior else 'off'}")
     base = statistics.median(times["dreambooth"])
     print(f"{'method':<22}{'s/step':>10}{'peak MiB':>10}{'x DreamBooth':>14}{'mem x DB':>10}  target (time)")

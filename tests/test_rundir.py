@@ -134,7 +134,7 @@ def test_killed_training_process_resumes_to_the_uninterrupted_result(tiny_sd_pat
 def tensorboard_steps(logs: Path, tag: str) -> list[int]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(logs))
+    events = EventAccumulator(str(logs / "diffrl"))  # the Accelerate tracker's folder
     events.Reload()
     return [event.step for event in events.Scalars(tag)]
 

@@ -222,7 +222,7 @@ def test_full_finetune_output_loads_with_from_pretrained(tiny_sd_path: Path, ins
     assert unet_hash(pipe.unet) != unet_hash(StableDiffusionPipeline.from_pretrained(tiny_sd_path).unet)
     images = pipe("a photo of sks dog", num_inference_steps=2, output_type="pt").images
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
-    assert list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "logs" / "diffrl").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("text_encoder", [False, True])
@@ -423,6 +423,34 @@ def test_nonfinite_loss_raises_or_skips(tiny_sd_path: Path, instance_dir: Path, 
         logs = trainer.train_step()
     assert logs["skipped"] == 1.0 and unet_hash(trainer.components.unet) == before
     assert all(torch.isfinite(p).all() for p in trainer.actor_params)
+
+
+def test_report_to_all_logs_scalars_and_validation_grids_to_tensorboard_and_offline_wandb(
+        tiny_sd_path: Path, instance_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(config(tiny_sd_path, instance_dir, tmp_path / "run", max_steps=2, sample_every=2, num_samples=2,
+                 report_to="all"))
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "diffrl"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss_actor")] == [1, 2] and events.Tags()["images"] == ["samples"]
+    (run,) = (tmp_path / "run" / "logs" / "wandb").glob("offline-run-*")
+    assert list(run.glob("*.wandb")) and list(run.rglob("media/images/samples_*.png"))
+    resumed = train(config(tiny_sd_path, instance_dir, tmp_path / "run", max_steps=3, resume="latest", report_to="all"))
+    assert resumed.step == 3 and len(list((tmp_path / "run" / "logs" / "wandb").glob("offline-run-*"))) == 2
+    assert all(r.name.endswith((tmp_path / "run" / "logs" / "wandb_run_id").read_text())  # one wandb run, resumed
+               for r in (tmp_path / "run" / "logs" / "wandb").glob("offline-run-*"))
+
+
+def test_report_to_wandb_without_wandb_installed_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"report_to='wandb' needs the wandb package.*pip install wandb"):
+        config(Path("sd"), Path("inst"), tmp_path, report_to="wandb")
+    with pytest.raises(ConfigError, match=r"report_to must be one of"):
+        config(Path("sd"), Path("inst"), tmp_path, report_to="mlflow")
 
 
 @pytest.mark.parametrize(

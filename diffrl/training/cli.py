@@ -8,7 +8,7 @@ from pathlib import Path
 
 from diffrl.objectives.dpg import ACTOR_READS, CRITIC_FORMS, EXPLORATION_SPACES
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
-from diffrl.training.config import DEFAULT_LR_ACTOR, MIXED_PRECISION, TrainConfig
+from diffrl.training.config import DEFAULT_LR_ACTOR, MIXED_PRECISION, TRACKERS, TrainConfig
 from diffrl.training.methods import METHODS, method_help
 
 EPILOG = """\
@@ -122,7 +122,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bo
     run = parser.add_argument_group("output")
     run.add_argument("--output-dir", type=Path, required=pretrained_required)
     run.add_argument("--checkpoint-every", type=int, default=0, help="steps (0: only at the end)")
-    run.add_argument("--sample-every", type=int, default=0, help="TensorBoard sample grids every N steps (0: never)")
+    run.add_argument("--sample-every", type=int, default=0, help="validation grids to the trackers every N steps (0: never)")
+    run.add_argument("--report-to", choices=list(TRACKERS), default=TrainConfig.report_to,
+                     help="Accelerate trackers: tensorboard (OUTPUT_DIR/logs), wandb (pip install wandb; WANDB_MODE=offline "
+                          "works without a network), all, none (default: %(default)s)")
 
     folder = parser.add_argument_group("run folder")
     folder.add_argument("--resume", metavar="latest|auto|CHECKPOINT",
@@ -146,6 +149,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         max_steps=args.max_steps, grad_clip=args.grad_clip, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, use_ema=args.use_ema, ema_decay=args.ema_decay,
         nonfinite=args.nonfinite, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+        report_to=args.report_to,
         resume=args.resume,
     )
     fields.update(dino_kwargs=args.dino_kwargs or {}, overwrite=args.overwrite, allow_changed=tuple(args.allow_changed))

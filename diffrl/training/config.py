@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from diffrl.training.methods import get_method
 REWARDS = ("lookforward", "dino")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 NONFINITE = ("raise", "skip")
+TRACKERS = {"tensorboard": ("tensorboard",), "wandb": ("wandb",), "all": ("tensorboard", "wandb"), "none": ()}
+"""``report_to`` -> the Accelerate trackers it starts."""
 
 
 DEFAULT_LR_ACTOR = 5e-6  # DreamBooth's U-Net learning rate for Stable Diffusion
@@ -73,7 +76,11 @@ class TrainConfig:
         resolution: training image size in pixels (``None``: the U-Net's native size).
         nonfinite: on a NaN/inf loss, "raise" an error or "skip" the optimizer step with a warning.
         checkpoint_every, keep_checkpoints: checkpoint period in steps (0: only at the end) and how many to keep.
-        sample_every, num_samples, sample_steps, guidance_scale: sample grids in TensorBoard (0: never).
+        sample_every, num_samples, sample_steps, guidance_scale: validation grids of the instance prompt (fixed seed)
+            sent to the trackers every N steps (0: never).
+        report_to: the Accelerate trackers of the run's scalars and grids, a key of `TRACKERS`: "tensorboard" (in
+            ``output_dir/logs``), "wandb" (the optional wandb package; its files in ``output_dir/logs/wandb``,
+            ``WANDB_MODE=offline`` works without a network), "all" (both) or "none".
         resume: "latest" or a checkpoint directory to continue from; "auto": "latest" if there is a checkpoint, else a
             fresh start (see `diffrl.training.rundir` for what a resume checks).
         overwrite: replace the run already in `output_dir` (without it, such a folder is refused).
@@ -139,6 +146,7 @@ class TrainConfig:
     sample_steps: int = 25
     guidance_scale: float = 7.5
     log_every: int = 1
+    report_to: str = "tensorboard"
     resume: str | None = None
     overwrite: bool = False
     allow_changed: tuple[str, ...] = ()
@@ -157,6 +165,11 @@ class TrainConfig:
         _choice("actor_weighting", self.actor_weighting, ACTOR_WEIGHTINGS)
         _choice("critic_form", self.critic_form, CRITIC_FORMS)
         _choice("actor_reads", self.actor_reads, ACTOR_READS)
+        _choice("report_to", self.report_to, tuple(TRACKERS))
+        if "wandb" in TRACKERS[self.report_to] and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"report_to={self.report_to!r} needs the wandb package, which is not installed: "
+                              "`pip install wandb` (or `pip install diffrl[wandb]`; WANDB_MODE=offline runs without an "
+                              "account), or report to 'tensorboard'.")
         for name in ("pretrained", "instance_dir", "instance_prompt", "output_dir"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must not be empty.")
