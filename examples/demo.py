@@ -46,7 +46,8 @@ class DemoArgs:
     steps: training steps of every run.
     score_every: score the runs every this many steps.
     output_dir: where the runs and the figures go.
-    dpg_critic_states: noised states per step for DPG's critic (the library default is 16; fewer keep the demo short).
+    dpg_critic_states, dpg_critic_updates: noised states and critic updates per step of DPG's critic (fewer than
+        the library's defaults, `TrainConfig.critic_states` and `critic_updates`, keep the demo short).
     threads: torch CPU threads.
     """
 
@@ -54,11 +55,12 @@ class DemoArgs:
     steps: int = 80
     score_every: int = 20
     output_dir: Path = Path("outputs/demo")
-    dpg_critic_states: int = 2
+    dpg_critic_states: int = 4
+    dpg_critic_updates: int = 4
     threads: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("steps", "score_every", "dpg_critic_states", "threads"):
+        for name in ("steps", "score_every", "dpg_critic_states", "dpg_critic_updates", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
         if len(self.subjects) < 2:
@@ -71,7 +73,8 @@ def run_config(args: DemoArgs, zoo: ZooPaths, subject: Subject, method: str) -> 
         pretrained=str(zoo.sd), instance_dir=str(Path(subject.image_paths[0]).parent),
         instance_prompt=f"a {subject.identifier} {subject.class_noun}", method=method, rewards={"dino": 1.0},
         dino_weights=str(zoo.dino.file), dino_arch=zoo.dino.model_name, dino_kwargs=zoo.dino.kwargs,
-        critic_states=args.dpg_critic_states, max_steps=args.steps, diagnose_every=0,
+        critic_states=args.dpg_critic_states, critic_updates=args.dpg_critic_updates, max_steps=args.steps,
+        diagnose_every=0,
         output_dir=str(args.output_dir / subject.name / method), resume="auto",
     )
 
