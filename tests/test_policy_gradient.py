@@ -166,7 +166,7 @@ def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, m
     straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", method=method, **extra)).train()
     history = read_history(tmp_path / "straight")
     assert [r["iteration"] for r in history] == [1, 2] and history[-1]["samples"] == 8
-    assert any((tmp_path / "straight" / "logs").glob("events.out.tfevents.*"))
+    assert any((tmp_path / "straight" / "logs" / "diffrl").glob("events.out.tfevents.*"))
     first = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", method=method, iterations=1, **extra))
     first.train()
     resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", method=method, resume=True, **extra))
@@ -177,6 +177,57 @@ def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, m
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert [r["iteration"] for r in read_history(tmp_path / "resumed")] == [1, 2]
+
+
+PG_LAUNCHED = """
+import sys
+from pathlib import Path
+from accelerate import PartialState
+from safetensors.torch import save_file
+from diffrl.training.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer
+
+config = PolicyGradientConfig(**__import__("json").loads(Path(sys.argv[1]).read_text()))
+trainer = PolicyGradientTrainer(config)
+trainer.train()
+weights = {k: v.detach().contiguous() for k, v in trainer.components.unet.named_parameters()}
+save_file(weights, str(Path(sys.argv[2], f"rank{PartialState().process_index}.safetensors")))
+"""
+
+
+def test_pg_trainer_on_two_processes_keeps_one_unet_and_resumes(tiny_sd_path, tmp_path):
+    """DDPO under `accelerate launch` (gloo on CPU): each process collects its own trajectories, DDP averages the
+    gradients, so both U-Nets end identical; one history; a resume on 2 processes continues the run."""
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from diffrl.training import read_history
+
+    (tmp_path / "launched.py").write_text(PG_LAUNCHED)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def launch(config) -> None:
+        (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+        command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", str(tmp_path / "launched.py"),
+                   str(tmp_path / "config.json"), str(tmp_path)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    launch(pg_config(tiny_sd_path, tmp_path, "run", iterations=1))
+    launch(pg_config(tiny_sd_path, tmp_path, "run", iterations=2, resume=True))
+    ranks = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
+    assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
+    base = unet_weights(tiny_sd_path)
+    assert any(not torch.equal(base[k], ranks[0][k]) for k in ranks[0])
+    history = read_history(tmp_path / "run")
+    assert [r["iteration"] for r in history] == [1, 2] and history[-1]["samples"] == 16  # 2 processes x 2 x 2 x 2
 
 
 def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):

@@ -165,11 +165,7 @@ class TrainConfig:
         _choice("actor_weighting", self.actor_weighting, ACTOR_WEIGHTINGS)
         _choice("critic_form", self.critic_form, CRITIC_FORMS)
         _choice("actor_reads", self.actor_reads, ACTOR_READS)
-        _choice("report_to", self.report_to, tuple(TRACKERS))
-        if "wandb" in TRACKERS[self.report_to] and importlib.util.find_spec("wandb") is None:
-            raise ConfigError(f"report_to={self.report_to!r} needs the wandb package, which is not installed: "
-                              "`pip install wandb` (or `pip install diffrl[wandb]`; WANDB_MODE=offline runs without an "
-                              "account), or report to 'tensorboard'.")
+        check_report_to(self.report_to)
         for name in ("pretrained", "instance_dir", "instance_prompt", "output_dir"):
             if not str(getattr(self, name)).strip():
                 raise ConfigError(f"{name} must not be empty.")
@@ -280,6 +276,15 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         return cls(**json.loads(text))
+
+
+def check_report_to(report_to: str) -> None:
+    """``report_to`` is a key of `TRACKERS` whose packages are installed; the error names the fix."""
+    _choice("report_to", report_to, tuple(TRACKERS))
+    if "wandb" in TRACKERS[report_to] and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"report_to={report_to!r} needs the wandb package, which is not installed: `pip install "
+                          "wandb` (or `pip install diffrl[wandb]`; WANDB_MODE=offline runs without an account), or "
+                          "report to 'tensorboard'.")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -14,13 +14,15 @@ history.jsonl (one record per iteration: train_reward, loss, ratio, clip fractio
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from diffrl.arguments import add_dataclass_arguments
+    from diffrl.training.config import MIXED_PRECISION, TRACKERS
     from diffrl.training.policy_gradient import PG_METHODS, PG_REWARDS, PolicyGradientConfig
 
     parser = subparsers.add_parser(
         "train", help="policy-gradient fine-tuning over prompts (DDPO, GRPO)",
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_dataclass_arguments(parser, PolicyGradientConfig, choices={"method": PG_METHODS, "reward": tuple(PG_REWARDS)})
+    add_dataclass_arguments(parser, PolicyGradientConfig, choices={
+        "method": PG_METHODS, "reward": tuple(PG_REWARDS), "mixed_precision": MIXED_PRECISION, "report_to": tuple(TRACKERS)})
     parser.set_defaults(func=run)
     return parser
 

@@ -3,7 +3,8 @@
 One iteration: `diffrl.collectors.TrajectoryCollector` samples P prompts x G trajectories with the current U-Net on a
 stochastic schedule and scores the final images with a black-box reward; the loss (`DDPOLoss` or `GRPOLoss`) then
 takes ``inner_epochs`` passes over the stored transitions in shuffled minibatches, one optimizer step each. The
-run folder holds ``history.jsonl`` (one record per iteration; the same scalars in TensorBoard under ``logs/``),
+run folder holds ``history.jsonl`` (one record per iteration; the same scalars go to the Accelerate trackers,
+``report_to``: TensorBoard under ``logs/diffrl``),
 ``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer,
 collector and generators: a resumed run is bit-identical to an uninterrupted one) and ``model/`` (a diffusers folder).
 """
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from diffrl.training.config import ConfigError
+from diffrl.training.config import MIXED_PRECISION, ConfigError, check_report_to
 
 PG_METHODS = ("ddpo", "grpo")
 
@@ -57,7 +58,10 @@ class PolicyGradientConfig:
     inner_epochs, minibatch: passes over each collection and transitions per optimizer step.
     lr: AdamW learning rate of the U-Net; grad_clip: max gradient norm.
     clip_range: PPO's epsilon; kl_weight: GRPO's weight of the KL to the frozen base model (0: no reference copy).
-    seed: seed of the collection, the sampling noise and the minibatch order.
+    seed: seed of the collection, the sampling noise and the minibatch order (process k draws from seeds derived from
+        (seed, k): every process collects its own prompts and trajectories).
+    mixed_precision: "no", "fp16" or "bf16" (Accelerate's autocast).
+    report_to: the Accelerate trackers of the per-iteration scalars (`diffrl.training.config.TRACKERS`).
     checkpoint_every: iterations between checkpoints (and one at the end); keep_checkpoints: how many to keep.
     resume: continue from the folder's latest checkpoint (else the folder must not hold a run yet).
     """
@@ -82,6 +86,8 @@ class PolicyGradientConfig:
     seed: int = 0
     checkpoint_every: int = 5
     keep_checkpoints: int = 2
+    mixed_precision: str = "no"
+    report_to: str = "tensorboard"
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -106,6 +112,9 @@ class PolicyGradientConfig:
                               f"{self.eta}, lr={self.lr}, clip_range={self.clip_range}.")
         if self.kl_weight > 0 and self.method != "grpo":
             raise ConfigError("kl_weight is GRPO's KL to the base model: use method='grpo' or kl_weight=0.")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
+        check_report_to(self.report_to)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -128,7 +137,12 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 class PolicyGradientTrainer:
-    """DDPO / GRPO on one process (see the module docstring); ``train()`` runs to ``config.iterations``."""
+    """DDPO / GRPO (see the module docstring); ``train()`` runs to ``config.iterations``.
+
+    Under ``accelerate launch`` every process collects its own P x G trajectories (its own seeds) and the loss
+    module is wrapped in DDP by `Accelerator.prepare`: the minibatch gradients are averaged over processes, so the
+    U-Net stays identical in all of them; the logged scalars are means over processes.
+    """
 
     def __init__(self, config: PolicyGradientConfig) -> None:
         from diffrl.agents import UNetActor
@@ -136,7 +150,9 @@ class PolicyGradientTrainer:
         from diffrl.envs import DenoisingConfig, DenoisingEnv
         from diffrl.models import load_sd_components
         from diffrl.objectives import DDPOConfig, DDPOLoss, GRPOConfig, GRPOLoss
+        from diffrl.training.acceleration import make_accelerator
         from diffrl.training.checkpoint import list_checkpoints
+        from diffrl.training.data import derive_seed
 
         self.config = config
         prompts = read_prompts(config.prompts)
@@ -147,82 +163,89 @@ class PolicyGradientTrainer:
         if existing and not config.resume:
             raise FileExistsError(f"'{config.output_dir}' already holds a run ({existing[-1].name}): continue it with "
                                   "resume=True (CLI: --resume) or choose another output_dir.")
+        self.accelerator = make_accelerator(config.mixed_precision, config.output_dir, config.report_to)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        seed = derive_seed(config.seed, self.rank)  # this process's collection, sampling noise and minibatch order
         torch.manual_seed(config.seed)
-        self.components = load_sd_components(config.pretrained, scheduler="ddim")
+        device = self.accelerator.device
+        self.components = load_sd_components(config.pretrained, scheduler="ddim", device=device)
         self.components.vae.requires_grad_(False)
         self.components.text_encoder.requires_grad_(False)
         batch = config.prompts_per_batch * config.samples_per_prompt
         env = DenoisingEnv(self.components, prompts[0], batch_size=batch, reward=PG_REWARDS[config.reward](),
                            config=DenoisingConfig(num_inference_steps=config.inference_steps, eta=config.eta,
-                                                  reward_mode="terminal"), seed=config.seed)
+                                                  reward_mode="terminal"), seed=seed)
         actor = UNetActor(self.components.unet, guidance_scale=config.guidance_scale)
         self.collector = TrajectoryCollector(env, actor, prompts, TrajectoryCollectorConfig(
-            config.prompts_per_batch, config.samples_per_prompt), seed=config.seed)
+            config.prompts_per_batch, config.samples_per_prompt), seed=derive_seed(seed, 1))
         if config.method == "ddpo":
             self.loss = DDPOLoss(env, actor, DDPOConfig(clip_range=config.clip_range))
         else:
             reference = None
             if config.kl_weight > 0:  # a frozen copy of the base U-Net
-                base = load_sd_components(config.pretrained, scheduler="ddim").unet.requires_grad_(False)
+                base = load_sd_components(config.pretrained, scheduler="ddim", device=device).unet.requires_grad_(False)
                 reference = UNetActor(base, guidance_scale=config.guidance_scale)
             self.loss = GRPOLoss(env, actor, GRPOConfig(clip_range=config.clip_range, kl_weight=config.kl_weight),
                                  reference_actor=reference)
         self.params = list(self.loss.actor_parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr)
-        self.shuffle = torch.Generator().manual_seed(config.seed + 1)
+        self.model, self.optimizer = self.accelerator.prepare(self.loss, torch.optim.AdamW(self.params, lr=config.lr))
+        self.shuffle = torch.Generator().manual_seed(derive_seed(seed, 2))
         self.iteration = 0
         if existing:
             self.load(existing[-1])
 
     # ------------------------------------------------------------------ train
     def train_iteration(self) -> dict[str, float]:
-        """One collection and its ``inner_epochs`` x minibatch updates; returns the iteration's record."""
+        """One collection and its ``inner_epochs`` x minibatch updates; returns the iteration's record (means over
+        minibatches and processes)."""
         batch = self.collector.collect()
-        logs: dict[str, list[float]] = {}
+        logs: dict[str, list[Tensor]] = {}
         for _ in range(self.config.inner_epochs):
             order = torch.randperm(len(batch), generator=self.shuffle)
             for minibatch in batch[order].split(self.config.minibatch):
-                out = self.loss(minibatch)
-                if not torch.isfinite(out["loss_actor"]):
-                    raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: {out['loss_actor']}; "
+                with self.accelerator.autocast():
+                    out = self.model(minibatch)
+                loss = out["loss_actor"]
+                if not math.isfinite(self._mean(loss.detach().float())):
+                    raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: {float(loss)}; "
                                              "lower lr or check the reward.")
-                self.optimizer.zero_grad(set_to_none=True)
-                out["loss_actor"].backward()
+                self.accelerator.backward(loss)
                 norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
                 self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
                 for key, value in [*out.items(), ("grad_norm", norm)]:
-                    logs.setdefault(key, []).append(float(value.detach()))
+                    logs.setdefault(key, []).append(value.detach().float())
         self.iteration += 1
-        samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt
+        samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt * self.world
         record = {"iteration": self.iteration, "samples": samples,
-                  "train_reward": float(batch["final_reward"].mean())}
-        record.update({key: sum(values) / len(values) for key, values in logs.items()})
+                  "train_reward": self._mean(batch["final_reward"].float().mean())}
+        record.update({key: self._mean(torch.stack(values).mean()) for key, values in logs.items()})
         return record
+
+    def _mean(self, value: Tensor) -> float:
+        """The mean of a 0-d tensor over processes."""
+        return float(self.accelerator.reduce(value.to(self.accelerator.device), reduction="mean") if self.world > 1 else value)
 
     def train(self) -> Path:
         """Run to ``config.iterations`` (checkpointing every ``checkpoint_every``); export and return the model."""
-        from torch.utils.tensorboard import SummaryWriter
-
+        from diffrl.training.acceleration import finish_trackers, start_trackers
         from diffrl.training.history import HistoryLog
 
+        main = self.accelerator.is_main_process
         Path(self.config.output_dir).mkdir(parents=True, exist_ok=True)
-        history = HistoryLog(self.config.output_dir, start=self.iteration)
-        # resumed: hide what an interrupted run logged after its checkpoint
-        writer = SummaryWriter(str(Path(self.config.output_dir) / "logs"),
-                               purge_step=self.iteration + 1 if self.iteration else None)
+        history = HistoryLog(self.config.output_dir, start=self.iteration) if main else None
+        start_trackers(self.accelerator, self.config.output_dir, self.iteration, dataclasses.asdict(self.config))
         try:
             while self.iteration < self.config.iterations:
                 record = self.train_iteration()
-                history.append({"step": self.iteration, **record})
-                for key, value in record.items():
-                    if key != "iteration":
-                        writer.add_scalar(f"train/{key}", value, self.iteration)
-                print(json.dumps(record), flush=True)
+                if main:
+                    history.append({"step": self.iteration, **record})
+                    print(json.dumps(record), flush=True)
+                self.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "iteration"}, step=self.iteration)
                 if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
-                    writer.flush()
                     self.save()
         finally:
-            writer.close()
+            finish_trackers(self.accelerator)
         return self.export()
 
     # ------------------------------------------------------------- checkpoint
@@ -231,33 +254,48 @@ class PolicyGradientTrainer:
         from diffrl.training.rng import capture_rng
 
         trained = {name: p.detach().clone() for name, p in self.components.unet.named_parameters() if p.requires_grad}
+        ranks = self._gather({"collector": self.collector.state_dict(), "rng": capture_rng(self._generators())})
         checkpoint = Checkpoint(
             step=self.iteration,
             tensors={"unet": trained},
-            states={"optimizer": self.optimizer.state_dict(), "collector": self.collector.state_dict(),
-                    "rng": capture_rng(self._generators())},
-            meta={"config": dataclasses.asdict(self.config)},
+            states={"optimizer": self.optimizer.state_dict(), "ranks": ranks},
+            meta={"config": dataclasses.asdict(self.config), "world_size": self.world},
         )
-        return save_checkpoint(self.config.checkpoint_dir, checkpoint, keep=self.config.keep_checkpoints)
+        path = self.config.checkpoint_dir / f"ckpt-{self.iteration:06d}"
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.config.checkpoint_dir, checkpoint, keep=self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _gather(self, state: dict) -> list[dict]:
+        """Every process's ``state``, in process order."""
+        from accelerate.utils import gather_object
+
+        return gather_object([state]) if self.world > 1 else [state]
 
     def load(self, path: Path) -> None:
         from diffrl.training.checkpoint import load_checkpoint
         from diffrl.training.rng import restore_rng
 
         checkpoint = load_checkpoint(path)
-        stored = {k: v for k, v in checkpoint.meta["config"].items() if k not in ("resume", "iterations")}
-        current = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("resume", "iterations")}
+        if checkpoint.meta.get("world_size", 1) != self.world:
+            raise ValueError(f"Checkpoint '{path}' was written by {checkpoint.meta.get('world_size', 1)} processes; "
+                             f"resume with the same number (got {self.world}).")
+        free = ("resume", "iterations", "report_to")  # may differ on a resume: they do not change the training
+        stored = {k: v for k, v in checkpoint.meta["config"].items() if k not in free}
+        current = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in free}
         changed = sorted(k for k in current if stored.get(k) != current[k])
         if changed:
             raise ValueError(f"Checkpoint '{path}' was written with other settings ({changed}); resume with the same "
-                             "settings (only iterations may grow) or start a new output_dir.")
+                             "settings (only iterations may grow and report_to change) or start a new output_dir.")
         params = dict(self.components.unet.named_parameters())
         with torch.no_grad():
             for name, value in checkpoint.tensors["unet"].items():
                 params[name].copy_(value)
         self.optimizer.load_state_dict(checkpoint.states["optimizer"])
-        self.collector.load_state_dict(checkpoint.states["collector"])
-        restore_rng(checkpoint.states["rng"], self._generators())
+        own = checkpoint.states["ranks"][self.rank]
+        self.collector.load_state_dict(own["collector"])
+        restore_rng(own["rng"], self._generators())
         self.iteration = checkpoint.step
 
     def _generators(self) -> dict[str, torch.Generator]:
@@ -271,4 +309,7 @@ class PolicyGradientTrainer:
             self.components.pipeline().save_pretrained(folder, safe_serialization=True)
             (folder / "training_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
 
-        return replace_dir_atomically(self.config.model_dir, write)
+        if self.accelerator.is_main_process:
+            replace_dir_atomically(self.config.model_dir, write)
+        self.accelerator.wait_for_everyone()
+        return self.config.model_dir

@@ -6,18 +6,15 @@ import contextlib
 import json
 import math
 import random
-import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object
+from accelerate.utils import gather_object
 from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.optim import AdamW
@@ -25,13 +22,27 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from diffrl.data.images import list_images
-from diffrl.io import atomic_write_text
-from diffrl.models import SDComponents, encode_images, encode_prompts, load_sd_components
+from diffrl.models import (
+    SDComponents,
+    encode_images,
+    encode_prompts,
+    load_sd_components,
+)
+from diffrl.training.acceleration import (
+    finish_trackers,
+    make_accelerator,
+    start_trackers,
+)
 from diffrl.training.build import TrainingContext, build_loss
 from diffrl.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from diffrl.training.config import TRACKERS, ConfigError, TrainConfig
+from diffrl.training.config import TrainConfig
 from diffrl.training.data import (
-    ReferenceImages, check_identifier, derive_seed, ensure_class_images, global_rows, schedule_noise,
+    ReferenceImages,
+    check_identifier,
+    derive_seed,
+    ensure_class_images,
+    global_rows,
+    schedule_noise,
 )
 from diffrl.training.export import save_model
 from diffrl.training.history import read_history
@@ -60,30 +71,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The `Accelerator` of a run: its precision, gradient accumulation and trackers (``config.report_to``, logging
-    into ``output_dir/logs``); on a machine without CUDA, ``cpu=True`` makes ``accelerate launch --multi_gpu`` run
-    gloo on CPU.
-
-    The trained modules are wrapped in DDP by `Accelerator.prepare` without broadcasting buffers: a loss module's
-    buffers (target critic, frozen statistics) are identical in every process by construction, or are its own.
-    Accelerate keeps one global state per process; when an earlier run in this process chose another precision, that
-    state (not the distributed process group) is reset so that runs with different settings can follow each other.
-    """
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("mixed_precision='fp16' needs a CUDA GPU and none is available; use 'bf16' or 'no' on a CPU.")
-    shared = AcceleratorState._shared_state
-    if shared and shared.get("_mixed_precision") not in (None, config.mixed_precision):
-        AcceleratorState._reset_state()
-    return Accelerator(
-        mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-        log_with=list(TRACKERS[config.report_to]) or None,
-        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
-    )
 
 
 class CriticUpdate(nn.Module):
@@ -124,7 +111,8 @@ class Trainer:
         components: SDComponents | None = None,
     ) -> None:
         self.config = config
-        self.accelerator = accelerator or make_accelerator(config)
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision, config.output_dir, config.report_to,
+                                                             config.gradient_accumulation_steps)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         check_identifier(config.instance_prompt, config.identifier)
         instance_paths = list_images(config.instance_dir)  # fail fast, before loading the model
@@ -160,7 +148,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
-        self._start_trackers()
+        start_trackers(self.accelerator, config.output_dir, self.run_dir.start_step, json.loads(config.to_json()))
         if self.run_dir.resume_from is not None:
             self.load(self.run_dir.resume_from)
 
@@ -211,21 +199,6 @@ class Trainer:
             prompts = {"negative": "", "instance": self.config.instance_prompt, "class": self.config.class_prompt or ""}
             embeds = self._encode(list(prompts.values()))
         return {name: embeds[i : i + 1] for i, name in enumerate(prompts)}
-
-    def _start_trackers(self) -> None:
-        """`Accelerator.init_trackers` (main process): TensorBoard hides what an interrupted run logged after the
-        checkpoint it resumes from; a resumed wandb run continues the run of the same id (kept in ``logs/``)."""
-        if not self.accelerator.is_main_process:
-            return
-        logs = Path(self.config.output_dir) / "logs"
-        start = self.run_dir.start_step
-        settings: dict[str, dict[str, Any]] = {"tensorboard": {"purge_step": start + 1 if start else None}}
-        if any(str(tracker) == "wandb" for tracker in self.accelerator.log_with):
-            settings["wandb"] = {"dir": str(logs), "name": Path(self.config.output_dir).name, "resume": "allow",
-                                 "id": wandb_run_id(logs)}
-        config = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-                  for key, value in json.loads(self.config.to_json()).items()}
-        self.accelerator.init_trackers("diffrl", config=config, init_kwargs=settings)
 
     # ------------------------------------------------------------------ one step
     def batch(self, step: int, micro: int = 0) -> TensorDict:
@@ -400,9 +373,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             with self.ema_weights():
                 model_dir = save_model(config, self.components)
-        for tracker in self.accelerator.trackers:  # not `end_training`: it also ends the process group
-            tracker.finish()
-        self.accelerator.trackers.clear()
+        finish_trackers(self.accelerator)
         self.accelerator.wait_for_everyone()
         return TrainResult(step=self.step, history=self.history, model_dir=model_dir or config.model_dir, checkpoint=self.last_checkpoint)
 
@@ -531,15 +502,6 @@ def set_base_learning_rates(scheduler: LambdaLR, base_lrs: list[float]) -> None:
         group["initial_lr"] = base
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
-
-
-def wandb_run_id(logs: Path) -> str:
-    """The wandb run id of the run logging into `logs`: made once (``logs/wandb_run_id``), read back on a resume."""
-    path = logs / "wandb_run_id"
-    if not path.is_file():
-        logs.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, secrets.token_hex(4))  # 8 characters [0-9a-f], as wandb's own ids
-    return path.read_text().strip()
 
 
 def train(config: TrainConfig, loss_factory: LossFactory = build_loss) -> TrainResult:
