@@ -84,7 +84,7 @@ def build_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.N
     add_train_arguments(parser, pretrained_required=False)
     parser.add_argument("--subject", help=f"zoo subject when --pretrained is not given (default: {DEFAULT_SUBJECT})")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
-    parser.set_defaults(max_steps=200, lr_actor=1e-4, output_dir=Path("runs/personalize_dino"), checkpoint_every=100)
+    parser.set_defaults(max_steps=200, lr_actor=1e-4, output_dir="runs/personalize_dino", checkpoint_every=100)
     args = parser.parse_args(argv)
     return config_from_args(args, **zoo_overrides(args)), args
 

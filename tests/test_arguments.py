@@ -52,3 +52,38 @@ def test_required_fields_switches_and_choices():
     for argv in ([], ["--source", "s", "--mode", "medium"]):  # missing required field, value outside the choices
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
+
+
+@dataclass
+class Documented:
+    """A run.
+
+    Attributes:
+        clip: max gradient norm (None: no clipping).
+        flip, crop: augmentation switches and the
+            smallest crop.
+        tags: names to keep.
+        weights: name -> weight.
+    """
+
+    clip: float | None = 1.0
+    flip: bool = True
+    crop: float = 0.8
+    tags: tuple[str, ...] = ()
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def test_annotations_docstring_help_optional_values_tuples_and_custom_parsers():
+    def weights(text: str) -> dict[str, float]:
+        return {name: float(value) for name, value in (item.split("=") for item in text.split(","))}
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Documented, parsers={"weights": weights})
+    assert dataclass_from_args(Documented, parser.parse_args([])) == Documented()
+    parsed = dataclass_from_args(Documented, parser.parse_args(
+        ["--clip", "none", "--no-flip", "--tags", "a", "b", "--weights", "x=1,y=0.5"]), crop=0.5)
+    assert parsed == Documented(clip=None, flip=False, crop=0.5, tags=("a", "b"), weights={"x": 1.0, "y": 0.5})
+    assert dataclass_from_args(Documented, parser.parse_args(["--clip", "0.5"])).clip == 0.5
+    text = parser.format_help()
+    assert "max gradient norm (None: no clipping). (default: 1.0)" in text
+    assert "augmentation switches and the smallest crop." in " ".join(text.split())  # both names, both lines

@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from diffrl.arguments import add_dataclass_arguments, dataclass_from_args
 from diffrl.objectives.dpg import ACTOR_READS, CRITIC_FORMS, EXPLORATION_SPACES
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS
-from diffrl.training.config import DEFAULT_LR_ACTOR, MIXED_PRECISION, TRACKERS, TrainConfig
-from diffrl.training.methods import METHODS, method_help
+from diffrl.training.config import MIXED_PRECISION, NONFINITE, TRACKERS, TrainConfig
+from diffrl.training.methods import METHODS
 
 EPILOG = """\
 examples:
@@ -55,106 +56,28 @@ def json_object(value: str) -> dict:
     return parsed
 
 
-CRITIC_FIELDS = (
-    "exploration_std", "exploration_space", "exploration_actions", "critic_states", "critic_updates",
-    "critic_batch_size", "replay_size", "warmup_steps", "lam_ramp_steps", "actor_weighting", "pair_weight", "tau",
-    "critic_form", "actor_reads", "reward_scale", "critic_grad_clip", "diagnose_every",
-)
-"""`TrainConfig` fields of DPG's critic learning, each a flag with the field's default."""
-
-
 def field_name(flag: str) -> str:
     """argparse type: ``lr-actor`` or ``lr_actor`` -> the `TrainConfig` field ``lr_actor``."""
     return flag.removeprefix("--").replace("-", "_")
 
 
+CHOICES = {
+    "method": tuple(METHODS), "mixed_precision": MIXED_PRECISION, "nonfinite": NONFINITE, "report_to": tuple(TRACKERS),
+    "exploration_space": EXPLORATION_SPACES, "actor_weighting": ACTOR_WEIGHTINGS, "critic_form": CRITIC_FORMS,
+    "actor_reads": ACTOR_READS,
+}
+PARSERS = {"rewards": parse_rewards, "dino_kwargs": json_object, "allow_changed": field_name}
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, pretrained_required: bool = True) -> None:
-    """The `TrainConfig` fields as command-line flags."""
-    data = parser.add_argument_group("model and data")
-    data.add_argument("--pretrained", required=pretrained_required, help="Stable Diffusion folder or hub id")
-    data.add_argument("--instance-dir", required=pretrained_required, type=Path, help="folder of the subject's images")
-    data.add_argument("--instance-prompt", required=pretrained_required, help='e.g. "a photo of sks dog"')
-    data.add_argument("--class-prompt", help='e.g. "a photo of dog" (prior preservation)')
-    data.add_argument("--class-dir", type=Path, help="class-image cache (default: OUTPUT_DIR/class_images)")
-    data.add_argument("--num-class-images", type=int, default=0, help="0 disables prior preservation (default: %(default)s)")
-    data.add_argument("--prior-weight", type=float, default=1.0)
-    data.add_argument("--identifier", default="sks", help="the subject's token in the prompt (default: %(default)s)")
-    data.add_argument("--resolution", type=int, help="training image size (default: the U-Net's)")
-
-    method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=list(METHODS), default=TrainConfig.method,
-                        help=f"{method_help()} (default: %(default)s)")
-    method.add_argument("--rewards", type=parse_rewards, default="lookforward=1,dino=1", help="NAME=WEIGHT,... (default: %(default)s)")
-    method.add_argument("--dino-weights", type=Path, help="DINO weights file (.safetensors/.pth)")
-    method.add_argument("--dino-arch", default="vit_small_patch16_224.dino", help="timm name (default: %(default)s)")
-    method.add_argument("--dino-kwargs", type=json_object, metavar="JSON",
-                        help="timm.create_model kwargs of the DINO (e.g. a small ViT's img_size), JSON text or file")
-    method.add_argument("--gamma", type=float, default=TrainConfig.gamma, help="DPG's discount (default: %(default)s)")
-    method.add_argument("--lam", type=float, default=TrainConfig.lam, help="weight of the actor term: -Q (dpg), -w(t) r (direct_reward)")
-    method.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning (default: %(default)s)")
-    method.add_argument("--train-text-encoder", action="store_true")
-
-    critic = parser.add_argument_group("critic (DPG; see diffrl.objectives.DPGConfig)")
-    for name in CRITIC_FIELDS:
-        default = getattr(TrainConfig, name)
-        choices = {"exploration_space": EXPLORATION_SPACES, "actor_weighting": ACTOR_WEIGHTINGS,
-                   "critic_form": CRITIC_FORMS, "actor_reads": ACTOR_READS}.get(name)
-        critic.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, choices=choices,
-                            help="default: %(default)s")
-
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--lr-actor", type=float, default=TrainConfig.lr_actor,
-                       help="default: the rate the --pretrained folder recommends in diffrl_finetuning.json (the "
-                            f"bundled zoo does), else {DEFAULT_LR_ACTOR}")
-    optim.add_argument("--lr-critic", type=float, default=TrainConfig.lr_critic)
-    optim.add_argument("--batch-size", type=int, default=1, help="images per process per micro-batch")
-    optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
-    optim.add_argument("--max-steps", type=int, default=400)
-    optim.add_argument("--grad-clip", type=float, default=1.0)
-    optim.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
-    optim.add_argument("--use-ema", action="store_true", help="export an exponential moving average of the weights")
-    optim.add_argument("--ema-decay", type=float, default=TrainConfig.ema_decay)
-    optim.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute U-Net (and trained text encoder) activations in the backward pass: less memory")
-    optim.add_argument("--nonfinite", choices=("raise", "skip"), default="raise")
-    optim.add_argument("--seed", type=int, default=0)
-
-    run = parser.add_argument_group("output")
-    run.add_argument("--output-dir", type=Path, required=pretrained_required)
-    run.add_argument("--checkpoint-every", type=int, default=0, help="steps (0: only at the end)")
-    run.add_argument("--sample-every", type=int, default=0, help="validation grids to the trackers every N steps (0: never)")
-    run.add_argument("--report-to", choices=list(TRACKERS), default=TrainConfig.report_to,
-                     help="Accelerate trackers: tensorboard (OUTPUT_DIR/logs), wandb (pip install wandb; WANDB_MODE=offline "
-                          "works without a network), all, none (default: %(default)s)")
-
-    folder = parser.add_argument_group("run folder")
-    folder.add_argument("--resume", metavar="latest|auto|CHECKPOINT",
-                        help='continue from "latest", from a checkpoint folder, or "auto": latest if any, else start')
-    folder.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
-    folder.add_argument("--allow-changed", nargs="+", default=[], metavar="FIELD", type=field_name,
-                        help="settings that may differ from the resumed checkpoint's (e.g. lr_actor)")
+    """Every `TrainConfig` field as a flag (`diffrl.arguments`: typed, documented and defaulted by the field);
+    ``pretrained_required=False`` makes the fields without a default optional (a caller fills them in)."""
+    add_dataclass_arguments(parser, TrainConfig, choices=CHOICES, parsers=PARSERS, required=pretrained_required)
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     """A `TrainConfig` from parsed flags (``overrides`` win)."""
-    fields = dict(
-        pretrained=str(args.pretrained), instance_dir=str(args.instance_dir), instance_prompt=args.instance_prompt,
-        output_dir=str(args.output_dir), class_prompt=args.class_prompt, class_dir=args.class_dir and str(args.class_dir),
-        num_class_images=args.num_class_images, prior_weight=args.prior_weight, identifier=args.identifier,
-        resolution=args.resolution, method=args.method, rewards=args.rewards,
-        dino_weights=args.dino_weights and str(args.dino_weights), dino_arch=args.dino_arch, gamma=args.gamma, lam=args.lam,
-        actor_weighting=args.actor_weighting,
-        lora_rank=args.lora_rank, train_text_encoder=args.train_text_encoder, lr_actor=args.lr_actor, lr_critic=args.lr_critic,
-        batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        max_steps=args.max_steps, grad_clip=args.grad_clip, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, use_ema=args.use_ema, ema_decay=args.ema_decay,
-        nonfinite=args.nonfinite, seed=args.seed, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-        report_to=args.report_to,
-        resume=args.resume,
-    )
-    fields.update(dino_kwargs=args.dino_kwargs or {}, overwrite=args.overwrite, allow_changed=tuple(args.allow_changed))
-    fields.update({name: getattr(args, name) for name in CRITIC_FIELDS})
-    return TrainConfig(**{**fields, **overrides})
+    return dataclass_from_args(TrainConfig, args, **overrides)
 
 
 def run(args: argparse.Namespace) -> int:

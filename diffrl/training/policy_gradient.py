@@ -56,13 +56,16 @@ class PolicyGradientConfig:
     inference_steps, eta: the sampling schedule (DDIM; eta > 0 makes it stochastic, as log-probabilities need).
     guidance_scale: classifier-free guidance of the sampled and trained policy.
     inner_epochs, minibatch: passes over each collection and transitions per optimizer step.
-    lr: AdamW learning rate of the U-Net; grad_clip: max gradient norm.
-    clip_range: PPO's epsilon; kl_weight: GRPO's weight of the KL to the frozen base model (0: no reference copy).
+    lr: AdamW learning rate of the U-Net.
+    grad_clip: max gradient norm of the U-Net.
+    clip_range: PPO's epsilon.
+    kl_weight: GRPO's weight of the KL to the frozen base model (0: no reference copy).
     seed: seed of the collection, the sampling noise and the minibatch order (process k draws from seeds derived from
         (seed, k): every process collects its own prompts and trajectories).
     mixed_precision: "no", "fp16" or "bf16" (Accelerate's autocast).
     report_to: the Accelerate trackers of the per-iteration scalars (`diffrl.training.config.TRACKERS`).
-    checkpoint_every: iterations between checkpoints (and one at the end); keep_checkpoints: how many to keep.
+    checkpoint_every: iterations between checkpoints (and one at the end).
+    keep_checkpoints: how many checkpoints to keep.
     resume: continue from the folder's latest checkpoint (else the folder must not hold a run yet).
     """
 
