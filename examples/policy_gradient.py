@@ -2,6 +2,7 @@
 
     python examples/policy_gradient.py                          # DDPO, 20 iterations, a few minutes on 2 CPU cores
     python examples/policy_gradient.py --method grpo --kl-weight 0.01 --iterations 40 --output-dir outputs/grpo
+    python examples/policy_gradient.py --help                   # every trainer setting is a flag
 
 The training is `diffrl.training.PolicyGradientTrainer` (also ``diffrl train``): each iteration samples P prompts x G
 images with stochastic DDIM (eta = 1), scores the final images with a non-differentiable reward (closeness of the
@@ -27,83 +28,63 @@ from diffrl.training.policy_gradient import (
     PG_REWARDS,
     PolicyGradientConfig,
     PolicyGradientTrainer,
+    pg_choices,
 )
 from diffrl.zoo import load
 from diffrl.zoo.tasks import class_split_task, score_heldout
 
-REWARD = "red"
-
 
 @dataclass
-class Args:
-    """Attributes:
-    method: "ddpo" or "grpo".
-    iterations: collect-then-update rounds.
-    prompts_per_batch, samples_per_prompt: P and G of each collection.
-    inference_steps: DDIM steps of a trajectory (eta = 1, stochastic).
-    guidance: classifier-free guidance of the sampled (and trained) policy.
-    inner_epochs: passes over each collection; minibatch: transitions per optimizer step.
-    lr: AdamW learning rate of the U-Net.
-    clip_range: PPO's epsilon; kl_weight: GRPO's weight of the KL to the base model.
-    heldout_images: held-out samples scored before and after (fixed seeds).
-    seed, threads: seed of everything; torch CPU threads.
-    output_dir: the run folder (a new one; the trainer refuses to overwrite a run).
+class ExampleArgs:
+    """The example's own settings (the trainer's are `PolicyGradientConfig`'s flags).
+
+    Attributes:
+        heldout_images: held-out samples scored before and after (fixed seeds).
+        threads: torch CPU threads.
     """
 
-    method: str = "ddpo"
-    iterations: int = 20
-    prompts_per_batch: int = 4
-    samples_per_prompt: int = 4
-    inference_steps: int = 10
-    guidance: float = 5.0
-    inner_epochs: int = 1
-    minibatch: int = 40
-    lr: float = 1e-6  # 1e-4 sent the ratio to 0.15 within one collection on this U-Net (2-iteration smoke runs)
-    clip_range: float = 0.2
-    kl_weight: float = 0.0
     heldout_images: int = 32
-    seed: int = 0
     threads: int = 2
-    output_dir: Path = Path("outputs/policy_gradient")
 
 
-def main(args: Args) -> dict:
+def main(config: PolicyGradientConfig, args: ExampleArgs) -> dict:
     torch.set_num_threads(args.threads)
-    zoo, task = load("emoji"), class_split_task(REWARD)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    prompt_file = args.output_dir / "train_prompts.txt"
-    prompt_file.write_text("\n".join(task.train_prompts) + "\n")
-    trainer = PolicyGradientTrainer(PolicyGradientConfig(
-        pretrained=str(zoo.sd), prompts=str(prompt_file), output_dir=str(args.output_dir), method=args.method,
-        reward=task.reward, iterations=args.iterations, prompts_per_batch=args.prompts_per_batch,
-        samples_per_prompt=args.samples_per_prompt, inference_steps=args.inference_steps,
-        guidance_scale=args.guidance, inner_epochs=args.inner_epochs, minibatch=args.minibatch, lr=args.lr,
-        clip_range=args.clip_range, kl_weight=args.kl_weight, seed=args.seed,
-    ))
-    clip, reward = CLIPEncoder.from_pretrained(zoo.clip), PG_REWARDS[task.reward]()
+    task = class_split_task(config.reward)
+    Path(config.prompts).parent.mkdir(parents=True, exist_ok=True)
+    Path(config.prompts).write_text("\n".join(task.train_prompts) + "\n")
+    trainer = PolicyGradientTrainer(config)
+    clip, reward = CLIPEncoder.from_pretrained(load("emoji").clip), PG_REWARDS[config.reward]()
 
     def heldout() -> dict[str, float]:
         return score_heldout(trainer.components, task, reward, clip, images=args.heldout_images,
-                             steps=args.inference_steps, guidance_scale=args.guidance, seed=args.seed + 7)
+                             steps=config.inference_steps, guidance_scale=config.guidance_scale, seed=config.seed + 7)
 
     before = heldout()
     print(f"before: {before}", flush=True)
     model = trainer.train()
     after = heldout()
-    summary = {"args": json.loads(json.dumps(dataclasses.asdict(args), default=str)), "before": before,
+    summary = {"config": dataclasses.asdict(config), "example": dataclasses.asdict(args), "before": before,
                "after": after, "model": str(model)}
-    (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"after: {after}\nsummary -> {args.output_dir / 'summary.json'}; per-iteration log -> "
-          f"{args.output_dir / 'history.jsonl'}")
+    output = Path(config.output_dir)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"after: {after}\nsummary -> {output / 'summary.json'}; per-iteration log -> {output / 'history.jsonl'}")
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> Args:
-    """`Args` from the command line (one flag per field)."""
+def parse_args(argv: list[str] | None = None) -> tuple[PolicyGradientConfig, ExampleArgs]:
+    """Every `PolicyGradientConfig` field as a flag (the model defaults to the zoo's, the prompts are the task's
+    training prompts, written into the run folder) and the example's own."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, Args)
-    return dataclass_from_args(Args, parser.parse_args(argv))
+    add_dataclass_arguments(parser, PolicyGradientConfig, choices=pg_choices(), required=False)
+    add_dataclass_arguments(parser, ExampleArgs)
+    parser.set_defaults(output_dir="outputs/policy_gradient")
+    flags = parser.parse_args(argv)
+    if flags.prompts:
+        parser.error("--prompts: this example trains on the zoo task's prompts; `diffrl train` takes your own.")
+    config = dataclass_from_args(PolicyGradientConfig, flags, pretrained=flags.pretrained or str(load("emoji").sd),
+                                 prompts=str(Path(flags.output_dir) / "train_prompts.txt"))
+    return config, dataclass_from_args(ExampleArgs, flags)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(*parse_args())

@@ -14,22 +14,23 @@ history.jsonl (one record per iteration: train_reward, loss, ratio, clip fractio
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from diffrl.arguments import add_dataclass_arguments
-    from diffrl.training.config import MIXED_PRECISION, TRACKERS
-    from diffrl.training.policy_gradient import PG_METHODS, PG_REWARDS, PolicyGradientConfig
+    from diffrl.training.policy_gradient import PolicyGradientConfig, pg_choices
 
     parser = subparsers.add_parser(
         "train", help="policy-gradient fine-tuning over prompts (DDPO, GRPO)",
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_dataclass_arguments(parser, PolicyGradientConfig, choices={
-        "method": PG_METHODS, "reward": tuple(PG_REWARDS), "mixed_precision": MIXED_PRECISION, "report_to": tuple(TRACKERS)})
+    add_dataclass_arguments(parser, PolicyGradientConfig, choices=pg_choices())
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from diffrl.arguments import dataclass_from_args
-    from diffrl.training.policy_gradient import PolicyGradientConfig, PolicyGradientTrainer
+    from diffrl.training.policy_gradient import (
+        PolicyGradientConfig,
+        PolicyGradientTrainer,
+    )
 
     model = PolicyGradientTrainer(dataclass_from_args(PolicyGradientConfig, args)).train()
     print(f"model: {model}")

@@ -21,7 +21,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from diffrl.training.config import MIXED_PRECISION, ConfigError, check_report_to
+from diffrl.training.config import (
+    MIXED_PRECISION,
+    TRACKERS,
+    ConfigError,
+    check_report_to,
+)
 
 PG_METHODS = ("ddpo", "grpo")
 
@@ -41,6 +46,13 @@ def _jpeg_reward() -> nn.Module:
 PG_REWARDS: dict[str, Callable[[], nn.Module]] = {"red": _color_reward, "jpeg": _jpeg_reward}
 """Reward name -> factory of the black-box reward of the final images: ``"red"`` (closeness of the mean colour to
 red), ``"jpeg"`` (JPEG compressibility, DDPO's). Add entries for more."""
+
+
+def pg_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of `PolicyGradientConfig`'s choice fields, for its command lines (`PG_REWARDS` as it is
+    now, entries added included)."""
+    return {"method": PG_METHODS, "reward": tuple(PG_REWARDS), "mixed_precision": MIXED_PRECISION,
+            "report_to": tuple(TRACKERS)}
 
 
 @dataclass
