@@ -33,9 +33,10 @@ def band_fit(loss: DPGLoss, group: TensorDictBase) -> dict[int, dict[str, float]
     ``critic_form="q"``, the reward for ``"reward_value"``, whose Q adds the value of the next state)."""
     n, k1 = group["action"].shape[:2]
     rows = loss.rows(group)
-    q, target = (value.view(n, k1) for value in loss.q_and_target(rows))
-    with torch.no_grad():
-        prediction, regressed = (value.view(n, k1) for value in loss.critic_fit(rows, update_statistics=False)[:2])
+    with torch.no_grad():  # one critic forward and one TD target for all four
+        prediction, regressed, fitted = loss.critic_fit(rows, update_statistics=False)
+        q, target = loss.q_from_prediction(rows, prediction), loss.q_target(rows, fitted)
+    q, target, prediction, regressed = (value.view(n, k1) for value in (q, target, prediction, regressed))
     bands = loss.critic.band(group["timestep"])
     out = {}
     for band in bands.unique().tolist():

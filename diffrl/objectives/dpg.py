@@ -395,10 +395,20 @@ class DPGLoss(DiffusionLoss):
         ``rows``; with a value network Q is read at the stored next state (equal to s'(s, b) on a deterministic
         schedule)."""
         with torch.no_grad():
-            q = self._network("critic", self.critic_params, rows, rows["action"])
-            if self.value_network is not None:
-                q = q + self._next_value(rows["next"], target=False)
-            return q, self.td_target(rows)
+            prediction, _, fitted = self.critic_fit(rows, update_statistics=False)
+            return self.q_from_prediction(rows, prediction), self.q_target(rows, fitted)
+
+    def q_from_prediction(self, rows: TensorDictBase, prediction: Tensor) -> Tensor:
+        """Q(s, b) ``[N]`` in reward units (no gradients) from the critic's normalised prediction on ``rows``
+        (`critic_fit`): denormalised, plus gamma (1 - done) V(s') with a value network."""
+        with torch.no_grad(), self.critic_params.to_module(self.critic, preserve_module_state=False):
+            q = self.critic.denormalize(prediction.detach(), rows["timestep"])
+        return q + self._next_value(rows["next"], target=False) if self.value_network is not None else q
+
+    def q_target(self, rows: TensorDictBase, fitted: Tensor) -> Tensor:
+        """The TD target y of Q ``[N]`` given the critic network's raw regression target ``fitted`` (`critic_fit`):
+        ``fitted`` itself, or with a value network (whose critic regresses the reward) `td_target`."""
+        return fitted if self.value_network is None else self.td_target(rows)
 
     def critic_fit(self, rows: TensorDictBase, update_statistics: bool) -> tuple[Tensor, Tensor, Tensor]:
         """The critic's prediction in its bands' normalised units (with gradients), its regression target in the
@@ -446,16 +456,13 @@ class DPGLoss(DiffusionLoss):
         loss = loss + self.config.pair_weight * nn.functional.mse_loss(q_pairs[:, 1:] - q_pairs[:, :1],
                                                                        y_pairs[:, 1:] - y_pairs[:, :1])
         metrics = {"critic_r2": metric(r_squared(prediction.detach(), target_norm))}
+        target = self.q_target(rows, target)
         if self.value_network is not None:  # y = r + gamma (1 - done) V_target(s') of every row; V fits the own actions'
-            target = self.td_target(rows)
             own = torch.arange(n, device=rows.device) * k1
             value, value_target = self.value_fit(rows[own], target[own], update_statistics=True)
             loss = loss + nn.functional.mse_loss(value, value_target)
             metrics["value_r2"] = metric(r_squared(value.detach(), value_target))
-        with torch.no_grad(), self.critic_params.to_module(self.critic, preserve_module_state=False):
-            q_value = self.critic.denormalize(prediction.detach(), rows["timestep"])  # Q without a second forward
-        if self.value_network is not None:  # Q = R + gamma (1 - done) V(s'), against y above
-            q_value = q_value + self._next_value(rows["next"], target=False)
+        q_value = self.q_from_prediction(rows, prediction)  # Q without a second forward, against y above
         return TensorDict(
             {"loss_critic": loss, "q_value": metric(q_value), "td_target": metric(target),
              "td_error": metric((q_value - target).abs()), **metrics},
