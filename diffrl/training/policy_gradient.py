@@ -291,15 +291,14 @@ class PolicyGradientTrainer:
     def load(self, path: Path) -> None:
         from diffrl.training.checkpoint import load_checkpoint
         from diffrl.training.rng import restore_rng
+        from diffrl.training.rundir import config_differences
 
         checkpoint = load_checkpoint(path)
         if checkpoint.meta.get("world_size", 1) != self.world:
             raise ValueError(f"Checkpoint '{path}' was written by {checkpoint.meta.get('world_size', 1)} processes; "
                              f"resume with the same number (got {self.world}).")
         free = ("resume", "iterations", "report_to")  # may differ on a resume: they do not change the training
-        stored = {k: v for k, v in checkpoint.meta["config"].items() if k not in free}
-        current = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in free}
-        changed = sorted(k for k in current if stored.get(k) != current[k])
+        changed = sorted(set(config_differences(checkpoint.meta["config"], self.config)) - set(free))
         if changed:
             raise ValueError(f"Checkpoint '{path}' was written with other settings ({changed}); resume with the same "
                              "settings (only iterations may grow and report_to change) or start a new output_dir.")

@@ -184,15 +184,16 @@ def check_resumable(path: Path, meta: Mapping[str, Any], config: TrainConfig, wo
             logger.warning("Resuming '%s' with %s changed from %r to %r (allowed).", path, name, old, new)
 
 
-def config_differences(stored: Mapping[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """``{field: (stored, now)}`` for every `TrainConfig` field whose value differs, compared as JSON.
+def config_differences(stored: Mapping[str, Any], config: Any) -> dict[str, tuple[Any, Any]]:
+    """``{field: (stored, now)}`` for every field of the dataclass ``config`` (a `TrainConfig`, a
+    `PolicyGradientConfig`) whose value differs from the ``stored`` record, compared as JSON.
 
     A field the stored record lacks (written before the field existed) counts at its default, which is how the
     version that wrote it behaved; a stored key that is no longer a field cannot change what this version does.
     """
-    now = json.loads(config.to_json())
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
     differences = {}
-    for item in dataclasses.fields(TrainConfig):
+    for item in dataclasses.fields(config):
         old = stored[item.name] if item.name in stored else _default(item)
         if old != now[item.name]:
             differences[item.name] = (old, now[item.name])
