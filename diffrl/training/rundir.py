@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 # Changing these between a checkpoint and its resume does not change what is trained (how far, how often it is
 # saved, logged or sampled, where the folder is, and how this invocation treats it); every other field does.
 HARMLESS_CHANGES = frozenset(
-    {"max_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "output_dir",
-     "resume", "overwrite", "allow_changed"}
+    {"max_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "report_to",
+     "output_dir", "resume", "overwrite", "allow_changed"}
 )
 RUN_ENTRIES = ("checkpoints", "model", "logs", HISTORY_FILE)  # what a started or finished run leaves in its folder
 
