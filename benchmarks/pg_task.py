@@ -33,62 +33,69 @@ import torch  # noqa: E402
 
 from diffrl.arguments import add_dataclass_arguments, dataclass_from_args  # noqa: E402
 from diffrl.io import atomic_write_text  # noqa: E402
-from diffrl.training.policy_gradient import PG_REWARDS, PolicyGradientConfig, PolicyGradientTrainer  # noqa: E402
+from diffrl.training.policy_gradient import (  # noqa: E402
+    PG_REWARDS,
+    PolicyGradientConfig,
+    PolicyGradientTrainer,
+    pg_choices,
+)
 
 METHOD_SETTINGS = {"ddpo": {"method": "ddpo"}, "grpo": {"method": "grpo", "kl_weight": 0.01}}
 TARGET_GAIN, TARGET_CLASS_ACCURACY = 0.20, 0.70
 
 
+TRAINER_DEFAULTS = {"lr": 1e-5}  # the benchmark's trainer settings that differ from PolicyGradientConfig's (untuned)
+PER_RUN = ("prompts", "output_dir", "iterations", "resume", *{key for row in METHOD_SETTINGS.values() for key in row})
+"""`PolicyGradientConfig` fields that each run sets (no flag)."""
+
+
 @dataclass
 class PGTaskConfig:
-    """Attributes:
-    out: output folder.
-    methods: rows of the table (keys of `METHOD_SETTINGS`).
-    reward: the task's reward (a name in `PG_REWARDS`).
-    minutes, max_iterations: the budget per method (whichever ends first).
-    eval_every: iterations between held-out scores; heldout_images: samples per score.
-    prompts_per_batch, samples_per_prompt, inference_steps, guidance, inner_epochs, minibatch, lr, clip_range:
-        the trainer's settings, shared by every method.
-    seed, threads: seed of every run; torch threads.
-    quick: a smoke configuration (2 iterations, 4 held-out images).
+    """The benchmark's own settings; the trainer's are `PolicyGradientConfig`'s (``trainer``, the same for every
+    method but the fields of `METHOD_SETTINGS`; on the command line every one of its fields is a flag).
+
+    Attributes:
+        out: output folder.
+        methods: rows of the table (keys of `METHOD_SETTINGS`).
+        minutes, max_iterations: the budget per method (whichever ends first).
+        eval_every: iterations between held-out scores.
+        heldout_images: samples per held-out score.
+        threads: torch threads.
+        quick: a smoke configuration (2 iterations, 4 held-out images, P x G = 2 x 2, 3 DDIM steps).
     """
 
     out: Path = Path("runs/pg_task")
     methods: list[str] = field(default_factory=lambda: list(METHOD_SETTINGS))
-    reward: str = "red"
     minutes: float = 30.0
     max_iterations: int = 1000
     eval_every: int = 5
     heldout_images: int = 32
-    prompts_per_batch: int = 4
-    samples_per_prompt: int = 4
-    inference_steps: int = 10
-    guidance: float = 5.0
-    inner_epochs: int = 1
-    minibatch: int = 40
-    lr: float = 1e-5
-    clip_range: float = 0.2
-    seed: int = 0
     threads: int = 2
     quick: bool = False
 
 
-def run_method(config: PGTaskConfig, method: str, task, clip, reward, prompt_file: Path, workdir: Path) -> dict:
-    """Train one method within the budget, scoring the held-out prompts along the way; returns its curve."""
+def trainer_template(**settings) -> PolicyGradientConfig:
+    """The trainer settings shared by every method: the zoo model, `TRAINER_DEFAULTS`, then ``settings``; the
+    prompts and output folder are set per run."""
     from diffrl.zoo import load
+
+    return PolicyGradientConfig(**{"pretrained": str(load("emoji").sd), "prompts": "", "output_dir": "",
+                                   **TRAINER_DEFAULTS, **settings})
+
+
+def run_method(config: PGTaskConfig, trainer_settings: PolicyGradientConfig, method: str, task, clip, reward,
+               prompt_file: Path, workdir: Path) -> dict:
+    """Train one method within the budget, scoring the held-out prompts along the way; returns its curve."""
     from diffrl.zoo.tasks import score_heldout
 
-    trainer = PolicyGradientTrainer(PolicyGradientConfig(
-        pretrained=str(load("emoji").sd), prompts=str(prompt_file), output_dir=str(workdir / method),
-        reward=config.reward, iterations=config.max_iterations, prompts_per_batch=config.prompts_per_batch,
-        samples_per_prompt=config.samples_per_prompt, inference_steps=config.inference_steps,
-        guidance_scale=config.guidance, inner_epochs=config.inner_epochs, minibatch=config.minibatch, lr=config.lr,
-        clip_range=config.clip_range, seed=config.seed, **METHOD_SETTINGS[method],
-    ))
+    settings = dataclasses.replace(trainer_settings, prompts=str(prompt_file), output_dir=str(workdir / method),
+                                   iterations=config.max_iterations, **METHOD_SETTINGS[method])
+    trainer = PolicyGradientTrainer(settings)
 
     def heldout() -> dict[str, float]:
         return score_heldout(trainer.components, task, reward, clip, images=config.heldout_images,
-                             steps=config.inference_steps, guidance_scale=config.guidance, seed=config.seed + 7)
+                             steps=settings.inference_steps, guidance_scale=settings.guidance_scale,
+                             seed=settings.seed + 7)
 
     curve = [{"iteration": 0, "samples": 0, "train_s": 0.0, **heldout()}]
     print(f"{method} start: {curve[0]}", flush=True)
@@ -119,12 +126,13 @@ def summarise(config: PGTaskConfig, runs: dict[str, dict]) -> dict:
     return rows
 
 
-def to_markdown(config: PGTaskConfig, rows: dict) -> str:
+def to_markdown(config: PGTaskConfig, trainer: PolicyGradientConfig, rows: dict) -> str:
     lines = [
-        f"# Policy gradients on the zoo's class-split task (reward {config.reward!r})", "",
+        f"# Policy gradients on the zoo's class-split task (reward {trainer.reward!r})", "",
         f"- budget per method: {config.minutes} min of training or {config.max_iterations} iterations; "
-        f"P x G = {config.prompts_per_batch} x {config.samples_per_prompt}, {config.inference_steps} DDIM steps "
-        f"(eta 1), guidance {config.guidance}, lr {config.lr}, clip {config.clip_range}, seed {config.seed}",
+        f"P x G = {trainer.prompts_per_batch} x {trainer.samples_per_prompt}, {trainer.inference_steps} DDIM steps "
+        f"(eta {trainer.eta}), guidance {trainer.guidance_scale}, lr {trainer.lr}, clip {trainer.clip_range}, "
+        f"seed {trainer.seed}",
         f"- held-out: {config.heldout_images} samples of the odd classes' prompts, fixed seeds; acceptance: reward "
         f"gain >= {TARGET_GAIN:.0%} of |base| and class accuracy >= {TARGET_CLASS_ACCURACY}", "",
         "| method | held-out reward (base -> end) | gain | class accuracy (base -> end) | iterations | samples | "
@@ -158,42 +166,53 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run(config: PGTaskConfig) -> dict:
+def run(config: PGTaskConfig, trainer: PolicyGradientConfig | None = None) -> dict:
+    """Every method of ``config`` with the shared trainer settings ``trainer`` (default: `trainer_template()`)."""
     from diffrl.models import CLIPEncoder
     from diffrl.zoo import load
     from diffrl.zoo.tasks import class_split_task
 
+    trainer = trainer or trainer_template()
     if config.quick:
-        config = dataclasses.replace(config, max_iterations=2, eval_every=1, heldout_images=4, prompts_per_batch=2,
-                                     samples_per_prompt=2, inference_steps=3)
+        config = dataclasses.replace(config, max_iterations=2, eval_every=1, heldout_images=4)
+        trainer = dataclasses.replace(trainer, prompts_per_batch=2, samples_per_prompt=2, inference_steps=3)
     unknown = sorted(set(config.methods) - set(METHOD_SETTINGS))
     if unknown:
         raise SystemExit(f"Unknown method(s) {unknown}; choose from {list(METHOD_SETTINGS)}.")
     torch.set_num_threads(config.threads)
-    task = class_split_task(config.reward)
-    clip, reward = CLIPEncoder.from_pretrained(load("emoji").clip), PG_REWARDS[config.reward]()
+    task = class_split_task(trainer.reward)
+    clip, reward = CLIPEncoder.from_pretrained(load("emoji").clip), PG_REWARDS[trainer.reward]()
     config.out.mkdir(parents=True, exist_ok=True)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="pg-task-") as tmp:
         prompt_file = Path(tmp) / "train_prompts.txt"
         prompt_file.write_text("\n".join(task.train_prompts) + "\n")
         for method in config.methods:
-            runs[method] = run_method(config, method, task, clip, reward, prompt_file, Path(tmp))
+            runs[method] = run_method(config, trainer, method, task, clip, reward, prompt_file, Path(tmp))
     rows = summarise(config, runs)
-    result = {"config": json.loads(json.dumps(dataclasses.asdict(config), default=str)), "rows": rows, "runs": runs}
+    settings = {"benchmark": dataclasses.asdict(config), "trainer": dataclasses.asdict(trainer)}
+    result = {"config": json.loads(json.dumps(settings, default=str)), "rows": rows, "runs": runs}
     atomic_write_text(config.out / "table.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(config.out / "table.md", to_markdown(config, rows))
+    atomic_write_text(config.out / "table.md", to_markdown(config, trainer, rows))
     plot(runs, config.out / "curve.png")
-    print(to_markdown(config, rows))
+    print(to_markdown(config, trainer, rows))
     print(f"-> {config.out / 'table.md'}, {config.out / 'table.json'}, {config.out / 'curve.png'}")
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> PGTaskConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[PGTaskConfig, PolicyGradientConfig]:
+    """The benchmark's flags and every `PolicyGradientConfig` field as a flag (defaults: `trainer_template`; the
+    method-specific fields of `METHOD_SETTINGS`, the prompts and the output folder are set per run)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, PGTaskConfig, choices={"reward": tuple(PG_REWARDS)})
-    return dataclass_from_args(PGTaskConfig, parser.parse_args(argv))
+    add_dataclass_arguments(parser, PGTaskConfig)
+    trainer = parser.add_argument_group("trainer (PolicyGradientConfig)")
+    add_dataclass_arguments(trainer, PolicyGradientConfig, choices=pg_choices(), required=False, exclude=PER_RUN)
+    parser.set_defaults(**{key: value for key, value in dataclasses.asdict(trainer_template()).items()
+                           if key not in PER_RUN})
+    flags = parser.parse_args(argv)
+    return dataclass_from_args(PGTaskConfig, flags), dataclass_from_args(PolicyGradientConfig, flags, prompts="",
+                                                                          output_dir="")
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    run(*parse_args())

@@ -8,7 +8,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -69,16 +69,18 @@ def add_dataclass_arguments(
     choices: Mapping[str, Sequence[Any]] | None = None,
     parsers: Mapping[str, Callable[[str], Any]] | None = None,
     required: bool = True,
+    exclude: Collection[str] = (),
 ) -> None:
     """One ``--field-name`` flag per field of the dataclass ``cls``, typed by its annotation and helped by its docstring
     (`field_docs`) and default: a bool is a ``--flag / --no-flag`` switch, ``X | None`` also takes ``none``, a list or
     tuple one or more values of its element type, a field without a default is required (optional with
     ``required=False``, then None when not given). ``choices``: allowed values per field; ``parsers``: the argparse
-    type of fields whose values need one (e.g. a dict written as ``name=value,...``)."""
+    type of fields whose values need one (e.g. a dict written as ``name=value,...``); ``exclude``: fields without a
+    flag (the caller sets them)."""
     choices, parsers = choices or {}, parsers or {}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    for item in dataclasses.fields(cls):
+    for item in (item for item in dataclasses.fields(cls) if item.name not in exclude):
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
         flag = f"--{item.name.replace('_', '-')}"
         value_type, nullable = _value_type(hints[item.name])
@@ -105,12 +107,13 @@ def add_dataclass_arguments(
 
 
 def dataclass_from_args(cls: type[T], namespace: argparse.Namespace, **overrides: Any) -> T:
-    """The dataclass ``cls`` built from the parsed flags of `add_dataclass_arguments` (other flags are ignored);
-    ``overrides`` win over the flags. A list given for a tuple field becomes a tuple."""
+    """The dataclass ``cls`` built from the parsed flags of `add_dataclass_arguments` (other flags are ignored, a
+    field without a flag takes its default); ``overrides`` win over the flags. A list for a tuple field becomes a
+    tuple."""
     values: dict[str, Any] = vars(namespace)
     hints = typing.get_type_hints(cls)
     fields = {}
-    for item in dataclasses.fields(cls):
+    for item in (item for item in dataclasses.fields(cls) if item.name in values):
         value = values[item.name]
         if isinstance(value, list) and typing.get_origin(_value_type(hints[item.name])[0]) is tuple:
             value = tuple(value)
