@@ -86,3 +86,24 @@ def test_hub_id_offline_says_how_to_supply_weights(monkeypatch):
 def test_bad_scheduler_name():
     with pytest.raises(ValueError, match="scheduler must be one of"):
         load_sd_components("CompVis/stable-diffusion-v1-4", scheduler="euler")
+
+
+def test_sd15_shaped_random_pipeline_for_the_gpu_check(tmp_path):
+    """`build_sd15_shaped` (what benchmarks/gpu_check.sh trains and samples): SD v1.5's layout at width 320, a narrow
+    copy loads through the same code path with 77-token prompts; the script itself parses."""
+    import subprocess
+    from pathlib import Path
+
+    from diffrl.models.tiny import build_sd15_shaped, sd15_unet_settings
+
+    settings = sd15_unet_settings(320)
+    assert settings["block_out_channels"] == (320, 640, 1280, 1280) and settings["norm_num_groups"] == 32
+    assert settings["layers_per_block"] == 2 and settings["attention_head_dim"] == 8
+    components = load_sd_components(str(build_sd15_shaped(tmp_path / "sd", width=32, image_size=64)))
+    assert components.latent_shape == (4, 8, 8) and components.tokenizer.model_max_length == 77
+    assert components.unet.config.cross_attention_dim == components.text_encoder.config.hidden_size
+    assert tuple(components.unet.config.block_out_channels) == (32, 64, 128, 128)
+    embeds = encode_prompts(components.tokenizer, components.text_encoder, ["a photo of sks dog"])
+    assert embeds.shape == (1, 77, components.text_encoder.config.hidden_size)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
