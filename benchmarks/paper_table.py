@@ -39,7 +39,6 @@ import torch  # noqa: E402
 
 from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, evaluate, load_dreambench  # noqa: E402
 from diffrl.io import atomic_write, atomic_write_text  # noqa: E402
-from diffrl.training import TrainConfig  # noqa: E402
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS  # noqa: E402
 from diffrl.training.config import TrainConfig  # noqa: E402
 from diffrl.zoo.registry import SUBJECTS_ROOT  # noqa: E402
