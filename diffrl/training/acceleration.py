@@ -10,7 +10,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    gather_object,
+)
+from torch import Tensor
 
 from diffrl.io import atomic_write_text
 from diffrl.training.config import TRACKERS, ConfigError
@@ -69,3 +74,18 @@ def wandb_run_id(logs: Path) -> str:
         logs.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, secrets.token_hex(4))  # 8 characters [0-9a-f], as wandb's own ids
     return path.read_text().strip()
+
+
+def mean_over_processes(accelerator: Accelerator, values: dict[str, Tensor]) -> dict[str, float]:
+    """The mean over processes of each 0-d tensor in ``values``, in one all-reduce."""
+    if not values:
+        return {}
+    stacked = torch.stack(list(values.values())).to(accelerator.device)
+    if accelerator.num_processes > 1:
+        stacked = accelerator.reduce(stacked, reduction="mean")
+    return dict(zip(values, stacked.tolist()))
+
+
+def per_process(accelerator: Accelerator, state: Any) -> list[Any]:
+    """Every process's ``state`` (picklable), in process order (a checkpoint keeps each process's generators)."""
+    return gather_object([state]) if accelerator.num_processes > 1 else [state]

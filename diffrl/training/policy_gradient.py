@@ -21,6 +21,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from diffrl.training.acceleration import (
+    finish_trackers,
+    make_accelerator,
+    mean_over_processes,
+    per_process,
+    start_trackers,
+)
 from diffrl.training.config import (
     MIXED_PRECISION,
     TRACKERS,
@@ -165,7 +172,6 @@ class PolicyGradientTrainer:
         from diffrl.envs import DenoisingConfig, DenoisingEnv
         from diffrl.models import load_sd_components
         from diffrl.objectives import DDPOConfig, DDPOLoss, GRPOConfig, GRPOLoss
-        from diffrl.training.acceleration import make_accelerator
         from diffrl.training.checkpoint import list_checkpoints
         from diffrl.training.data import derive_seed
 
@@ -234,16 +240,15 @@ class PolicyGradientTrainer:
         samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt * self.world
         record = {"iteration": self.iteration, "samples": samples,
                   "train_reward": self._mean(batch["final_reward"].float().mean())}
-        record.update({key: self._mean(torch.stack(values).mean()) for key, values in logs.items()})
+        record.update(mean_over_processes(self.accelerator, {k: torch.stack(v).mean() for k, v in logs.items()}))
         return record
 
     def _mean(self, value: Tensor) -> float:
         """The mean of a 0-d tensor over processes."""
-        return float(self.accelerator.reduce(value.to(self.accelerator.device), reduction="mean") if self.world > 1 else value)
+        return mean_over_processes(self.accelerator, {"value": value.float()})["value"]
 
     def train(self) -> Path:
         """Run to ``config.iterations`` (checkpointing every ``checkpoint_every``); export and return the model."""
-        from diffrl.training.acceleration import finish_trackers, start_trackers
         from diffrl.training.history import HistoryLog
 
         main = self.accelerator.is_main_process
@@ -269,7 +274,7 @@ class PolicyGradientTrainer:
         from diffrl.training.rng import capture_rng
 
         trained = {name: p.detach().clone() for name, p in self.components.unet.named_parameters() if p.requires_grad}
-        ranks = self._gather({"collector": self.collector.state_dict(), "rng": capture_rng(self._generators())})
+        ranks = per_process(self.accelerator, {"collector": self.collector.state_dict(), "rng": capture_rng(self._generators())})
         checkpoint = Checkpoint(
             step=self.iteration,
             tensors={"unet": trained},
@@ -281,12 +286,6 @@ class PolicyGradientTrainer:
             path = save_checkpoint(self.config.checkpoint_dir, checkpoint, keep=self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return path
-
-    def _gather(self, state: dict) -> list[dict]:
-        """Every process's ``state``, in process order."""
-        from accelerate.utils import gather_object
-
-        return gather_object([state]) if self.world > 1 else [state]
 
     def load(self, path: Path) -> None:
         from diffrl.training.checkpoint import load_checkpoint

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.optim import AdamW
@@ -31,6 +30,8 @@ from diffrl.models import (
 from diffrl.training.acceleration import (
     finish_trackers,
     make_accelerator,
+    mean_over_processes,
+    per_process,
     start_trackers,
 )
 from diffrl.training.build import TrainingContext, build_loss
@@ -281,7 +282,7 @@ class Trainer:
         terms = {key: value for key, value in out.items() if key.startswith("loss_")}
         if not terms:
             raise RuntimeError(f"The loss module returned no 'loss_*' keys (got {list(out.keys())}).")
-        logs = self._mean_over_processes({key: value.detach().float().mean() for key, value in out.items()})
+        logs = mean_over_processes(self.accelerator, {key: value.detach().float().mean() for key, value in out.items()})
         if not all(math.isfinite(logs[key]) for key in terms) and self._handle_nonfinite(terms, logs):
             return logs, True
         self.accelerator.backward(sum(terms.values()))
@@ -293,7 +294,7 @@ class Trainer:
         with self.accelerator.autocast():
             out = self.critic_update()
         loss_critic = out["loss_critic"]
-        if not math.isfinite(self._mean_over_processes({"loss_critic": loss_critic.detach().float()})["loss_critic"]):
+        if not math.isfinite(mean_over_processes(self.accelerator, {"loss_critic": loss_critic.detach().float()})["loss_critic"]):
             if self._handle_nonfinite({"loss_critic": loss_critic}, {"loss_critic": float("nan")}):
                 return
         # one whole update: undo the division by the accumulation steps that `backward` applies to every loss
@@ -328,13 +329,6 @@ class Trainer:
         logs["skipped"] = 1.0
         return True
 
-    def _mean_over_processes(self, values: dict[str, Tensor]) -> dict[str, float]:
-        if not values:
-            return {}
-        stacked = torch.stack(list(values.values())).to(self.accelerator.device)
-        if self.world > 1:
-            stacked = self.accelerator.reduce(stacked, reduction="mean")
-        return dict(zip(values, stacked.tolist()))
 
     # ------------------------------------------------------------------ loop
     @releases_run_dir(always=True)
@@ -435,7 +429,7 @@ class Trainer:
             for key, value in self.loss.state_dict(keep_vars=True).items()
             if value.data_ptr() not in seen and (not isinstance(value, nn.Parameter) or value.requires_grad)
         }
-        rng = gather_object([capture_rng(self.generators)]) if self.world > 1 else [capture_rng(self.generators)]
+        rng = per_process(self.accelerator, capture_rng(self.generators))
         states = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -445,7 +439,7 @@ class Trainer:
             states["ema"] = self.ema.state_dict()
         if hasattr(self.loss, "collection_state"):  # e.g. DPG's replay buffer, one per process
             collected = self.loss.collection_state()
-            states["collection"] = {"ranks": gather_object([collected]) if self.world > 1 else [collected]}
+            states["collection"] = {"ranks": per_process(self.accelerator, collected)}
         images_seen = self.step * self.config.batch_size * self.config.gradient_accumulation_steps * self.world
         meta = {"world_size": self.world, "data_position": {"step": self.step, "images_seen": images_seen}, "config": self.config.to_json()}
         return Checkpoint(step=self.step, tensors=tensors, states=states, meta=meta)
