@@ -26,6 +26,7 @@ import diffrl.training.trainer as trainer_module
 from diffrl.cli import main
 from diffrl.io import DiskFullError
 from diffrl.training import CheckpointError, ConfigError, TrainConfig, Trainer, train
+from diffrl.training.acceleration import wait_past_event_files
 from diffrl.training.checkpoint import list_checkpoints, resolve_checkpoint
 from diffrl.training.history import read_history
 from diffrl.training.lock import LOCK_FILE, RunDirError, RunLock, RunLockedError
@@ -129,6 +130,18 @@ def test_killed_training_process_resumes_to_the_uninterrupted_result(tiny_sd_pat
     assert read_history(tmp_path / "split") == read_history(tmp_path / "full")  # steps 1-8 once each, same values
     assert [r["step"] for r in read_history(tmp_path / "full")] == list(range(1, 9))
     assert tensorboard_steps(tmp_path / "split" / "logs", "train/loss_actor") == list(range(1, 9))  # none twice
+
+
+def test_a_resume_opens_its_event_file_after_the_interrupted_runs_second(tmp_path: Path) -> None:
+    """TensorBoard reads event files in name order (creation second, then host and PID); in the same second, a resumed
+    run's file (the lower PID) sorted first and its purge of the interrupted run's steps did nothing (seen in CI)."""
+    now = int(time.time())
+    (tmp_path / f"events.out.tfevents.{now:010d}.{socket.gethostname()}.999999.0").write_bytes(b"")
+    wait_past_event_files(tmp_path)
+    assert time.time() >= now + 1
+    started = time.monotonic()
+    wait_past_event_files(tmp_path / "empty")  # no event files: no wait
+    assert time.monotonic() - started < 0.1
 
 
 def tensorboard_steps(logs: Path, tag: str) -> list[int]:

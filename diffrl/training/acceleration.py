@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,23 @@ def start_trackers(accelerator: Accelerator, output_dir: str | Path, start_step:
     if any(str(tracker) == "wandb" for tracker in accelerator.log_with):
         settings["wandb"] = {"dir": str(logs), "name": Path(output_dir).name, "resume": "allow", "id": wandb_run_id(logs)}
     hparams = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value) for key, value in config.items()}
+    if start_step:
+        wait_past_event_files(logs / "diffrl")
     accelerator.init_trackers("diffrl", config=hparams, init_kwargs=settings)
+
+
+def wait_past_event_files(folder: Path) -> None:
+    """Sleep (under a second) until the clock is past the creation second of every TensorBoard event file in `folder`.
+
+    TensorBoard reads a run's event files in name order, and a name starts with its creation second (then host and
+    PID): a resumed run whose writer opened in the same second as the interrupted one's could sort before it, and
+    then its purge of the interrupted run's later steps is read first and does nothing.
+    """
+    seconds = [int(m.group(1)) for f in folder.glob("events.out.tfevents.*")
+               if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", f.name))]
+    wait = max(seconds, default=0) + 1 - time.time()
+    if 0 < wait <= 1:  # a longer wait means a file from a clock ahead of this one: sleeping would not fix it
+        time.sleep(wait)
 
 
 def finish_trackers(accelerator: Accelerator) -> None:
