@@ -2,6 +2,7 @@
 
     python benchmarks/pg_task.py --out runs/pg_task          # the acceptance run: 30 min per method on 2 CPU cores
     python benchmarks/pg_task.py --out /tmp/pg_task --quick  # a smoke run (2 iterations per method, a few images)
+    python benchmarks/pg_task.py --out runs/pg_task --methods grpo --threads 1  # one method per process, in parallel
 
 Every method trains with `diffrl.training.PolicyGradientTrainer` from the same zoo model, seed and prompt stream on
 the task's training prompts (`diffrl.zoo.tasks.class_split_task`: even classes, reward "red" by default) until
@@ -10,6 +11,11 @@ scored on the held-out prompts (odd classes, fixed seeds, `score_heldout`): the 
 accuracy (a drop means the reward is being hacked). Writes ``table.md`` / ``table.json`` (per method: held-out
 reward, its change relative to the base model, class accuracy, training samples, wall time) and ``curve.png``
 (held-out reward against training samples) to ``--out``.
+
+Each finished method is kept in ``--out/runs/METHOD.json`` and not trained again, so several processes may train
+disjoint ``--methods`` into one folder (each table shows every method finished there so far) and an interrupted run
+resumes at its unfinished methods; ``--finished-only`` writes the table and trains nothing. A folder whose results
+were made with other settings is refused.
 
 Acceptance (issue 16): DDPO and GRPO each raise the held-out reward by >= 20% of the base model's |reward| within 30
 minutes on 2 CPU cores, with class accuracy >= 0.7. Methods that lose are reported the same way. DPG and DRaFT-K on
@@ -60,8 +66,9 @@ class PGTaskConfig:
         minutes, max_iterations: the budget per method (whichever ends first).
         eval_every: iterations between held-out scores.
         heldout_images: samples per held-out score.
-        threads: torch threads.
+        threads: torch threads (the wall-time budget buys fewer iterations with fewer threads or busy cores).
         quick: a smoke configuration (2 iterations, 4 held-out images, P x G = 2 x 2, 3 DDIM steps).
+        finished_only: write the table of the methods finished in ``out``; train nothing.
     """
 
     out: Path = Path("runs/pg_task")
@@ -72,6 +79,11 @@ class PGTaskConfig:
     heldout_images: int = 32
     threads: int = 2
     quick: bool = False
+    finished_only: bool = False
+
+    def budget(self) -> dict:
+        """The settings that define a method's numbers (the same for every method of one ``out``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in {"out", "methods", "threads", "finished_only"}}
 
 
 def trainer_template(**settings) -> PolicyGradientConfig:
@@ -112,6 +124,21 @@ def run_method(config: PGTaskConfig, trainer_settings: PolicyGradientConfig, met
     return {"curve": curve, "train_log": logs, "settings": METHOD_SETTINGS[method]}
 
 
+def finished_run(out: Path, method: str, setup: dict) -> dict | None:
+    """The stored result of ``method`` in ``out`` (None when it has not finished there); refuses one made with other
+    settings than ``setup``."""
+    path = out / "runs" / f"{method}.json"
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    if stored["setup"] != setup:
+        changed = sorted(f"{part}.{key}" for part in setup for key in setup[part]
+                         if stored["setup"][part].get(key) != setup[part][key])
+        raise SystemExit(f"'{path}' was made with other settings ({', '.join(changed)}): give another --out, or "
+                         f"delete it to train {method} again.")
+    return stored
+
+
 def summarise(config: PGTaskConfig, runs: dict[str, dict]) -> dict:
     rows = {}
     for method, run in runs.items():
@@ -121,6 +148,7 @@ def summarise(config: PGTaskConfig, runs: dict[str, dict]) -> dict:
             "base_reward": base["heldout_reward"], "heldout_reward": last["heldout_reward"], "relative_gain": gain,
             "base_class_accuracy": base["heldout_class_accuracy"], "class_accuracy": last["heldout_class_accuracy"],
             "iterations": last["iteration"], "samples": last["samples"], "train_minutes": last["train_s"] / 60,
+            "threads": run["threads"],
             "passed": bool(gain >= TARGET_GAIN and last["heldout_class_accuracy"] >= TARGET_CLASS_ACCURACY),
         }
     return rows
@@ -136,13 +164,13 @@ def to_markdown(config: PGTaskConfig, trainer: PolicyGradientConfig, rows: dict)
         f"- held-out: {config.heldout_images} samples of the odd classes' prompts, fixed seeds; acceptance: reward "
         f"gain >= {TARGET_GAIN:.0%} of |base| and class accuracy >= {TARGET_CLASS_ACCURACY}", "",
         "| method | held-out reward (base -> end) | gain | class accuracy (base -> end) | iterations | samples | "
-        "train min | passed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "train min | threads | passed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, r in rows.items():
         lines.append(f"| {method} | {r['base_reward']:.4f} -> {r['heldout_reward']:.4f} | {r['relative_gain']:+.1%} | "
                      f"{r['base_class_accuracy']:.2f} -> {r['class_accuracy']:.2f} | {r['iterations']} | "
-                     f"{r['samples']} | {r['train_minutes']:.1f} | {'yes' if r['passed'] else 'NO'} |")
+                     f"{r['samples']} | {r['train_minutes']:.1f} | {r['threads']} | {'yes' if r['passed'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -183,15 +211,21 @@ def run(config: PGTaskConfig, trainer: PolicyGradientConfig | None = None) -> di
     task = class_split_task(trainer.reward)
     clip, reward = CLIPEncoder.from_pretrained(load("emoji").clip), PG_REWARDS[trainer.reward]()
     config.out.mkdir(parents=True, exist_ok=True)
-    runs = {}
+    setup = json.loads(json.dumps({"benchmark": config.budget(), "trainer": dataclasses.asdict(trainer)}, default=str))
     with tempfile.TemporaryDirectory(prefix="pg-task-") as tmp:
         prompt_file = Path(tmp) / "train_prompts.txt"
         prompt_file.write_text("\n".join(task.train_prompts) + "\n")
-        for method in config.methods:
-            runs[method] = run_method(config, trainer, method, task, clip, reward, prompt_file, Path(tmp))
+        for method in [] if config.finished_only else config.methods:
+            if finished_run(config.out, method, setup) is None:
+                result = run_method(config, trainer, method, task, clip, reward, prompt_file, Path(tmp))
+                result |= {"setup": setup, "threads": config.threads}
+                (config.out / "runs").mkdir(exist_ok=True)
+                atomic_write_text(config.out / "runs" / f"{method}.json", json.dumps(result, indent=2) + "\n")
+    runs = {method: stored for method in METHOD_SETTINGS if (stored := finished_run(config.out, method, setup)) is not None}
+    if not runs:
+        raise SystemExit(f"'{config.out}' holds no finished method yet; run the benchmark without --finished-only.")
     rows = summarise(config, runs)
-    settings = {"benchmark": dataclasses.asdict(config), "trainer": dataclasses.asdict(trainer)}
-    result = {"config": json.loads(json.dumps(settings, default=str)), "rows": rows, "runs": runs}
+    result = {"config": setup, "rows": rows, "runs": runs}
     atomic_write_text(config.out / "table.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(config.out / "table.md", to_markdown(config, trainer, rows))
     plot(runs, config.out / "curve.png")

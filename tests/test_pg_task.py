@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/pg_task.py on the zoo: one quick method, its table, curve and the gain arithmetic."""
+"""Smoke test of benchmarks/pg_task.py on the zoo: one quick method, its table, curve, the gain arithmetic and the
+resume at unfinished methods."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from script_loading import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pg_task.py"
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # run() sets the torch threads; the fixture restores them
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +19,8 @@ def pg_task():
     return load_script(SCRIPT)
 
 
-def test_quick_run_writes_a_consistent_table(pg_task, tmp_path):
-    threads = torch.get_num_threads()
-    try:
-        result = pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ddpo"], quick=True, threads=1))
-    finally:
-        torch.set_num_threads(threads)
+def test_quick_run_writes_a_consistent_table_and_resumes_at_unfinished_methods(pg_task, tmp_path, monkeypatch):
+    result = pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ddpo"], quick=True, threads=1))
     stored = json.loads((tmp_path / "table.json").read_text())
     row, curve = stored["rows"]["ddpo"], stored["runs"]["ddpo"]["curve"]
     assert [point["iteration"] for point in curve] == [0, 1, 2] and row["samples"] == 8
@@ -33,3 +31,15 @@ def test_quick_run_writes_a_consistent_table(pg_task, tmp_path):
     assert result["rows"] == stored["rows"]
     with pytest.raises(SystemExit, match="Unknown method"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ppo"], quick=True, threads=1))
+
+    def untrainable(*args, **kwargs):
+        raise AssertionError("a finished method was trained again")
+
+    monkeypatch.setattr(pg_task, "run_method", untrainable)
+    assert pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ddpo"], quick=True, threads=1))["rows"] == result["rows"]
+    assert pg_task.run(pg_task.PGTaskConfig(out=tmp_path, finished_only=True, quick=True, threads=1))["rows"] == result["rows"]
+    with pytest.raises(SystemExit, match=r"other settings \(trainer.lr\).*another --out"):
+        pg_task.run(pg_task.PGTaskConfig(out=tmp_path, quick=True, threads=1),
+                    pg_task.trainer_template(lr=3e-5))
+    with pytest.raises(SystemExit, match="no finished method yet"):
+        pg_task.run(pg_task.PGTaskConfig(out=tmp_path / "empty", finished_only=True, quick=True, threads=1))
