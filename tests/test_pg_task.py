@@ -31,6 +31,8 @@ def test_quick_run_writes_a_consistent_table_and_resumes_at_unfinished_methods(p
     assert result["rows"] == stored["rows"]
     with pytest.raises(SystemExit, match="Unknown method"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ppo"], quick=True, threads=1))
+    with pytest.raises(SystemExit, match="draft: method='draft' backpropagates through the reward, and 'jpeg'"):
+        pg_task.run(pg_task.PGTaskConfig(out=tmp_path, quick=True, threads=1), pg_task.trainer_template(reward="jpeg"))
 
     def untrainable(*args, **kwargs):
         raise AssertionError("a finished method was trained again")
@@ -40,6 +42,6 @@ def test_quick_run_writes_a_consistent_table_and_resumes_at_unfinished_methods(p
     assert pg_task.run(pg_task.PGTaskConfig(out=tmp_path, finished_only=True, quick=True, threads=1))["rows"] == result["rows"]
     with pytest.raises(SystemExit, match=r"other settings \(trainer.lr\).*another --out"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path, quick=True, threads=1),
-                    pg_task.trainer_template(lr=3e-5))
+                    pg_task.trainer_template(lr=1e-4))
     with pytest.raises(SystemExit, match="no finished method yet"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path / "empty", finished_only=True, quick=True, threads=1))

@@ -157,12 +157,12 @@ def unet_weights(model_dir) -> dict[str, torch.Tensor]:
     return dict(load_sd_components(str(model_dir)).unet.state_dict())
 
 
-@pytest.mark.parametrize("method", ["ddpo", "grpo"])
+@pytest.mark.parametrize("method", ["ddpo", "grpo", "draft"])
 def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, method):
     from diffrl.training import read_history
     from diffrl.training.policy_gradient import PolicyGradientTrainer
 
-    extra = {"kl_weight": 0.1} if method == "grpo" else {}
+    extra = {"grpo": {"kl_weight": 0.1}, "draft": {"draft_k": 2}}.get(method, {})
     straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", method=method, **extra)).train()
     history = read_history(tmp_path / "straight")
     assert [r["iteration"] for r in history] == [1, 2] and history[-1]["samples"] == 8
@@ -240,6 +240,10 @@ def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
         pg_config(tiny_sd_path, tmp_path, "x", reward="aesthetic")
     with pytest.raises(ConfigError, match="kl_weight is GRPO's"):
         pg_config(tiny_sd_path, tmp_path, "x", kl_weight=0.1)
+    with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use ddpo or grpo.*\['red'\]"):
+        pg_config(tiny_sd_path, tmp_path, "x", method="draft", reward="jpeg")
+    with pytest.raises(ConfigError, match=r"draft_k \(3\) must be <= inference_steps \(2\)"):
+        pg_config(tiny_sd_path, tmp_path, "x", method="draft", draft_k=3)
     with pytest.raises(FileNotFoundError, match="one prompt per line"):
         PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "x", prompts=str(tmp_path / "missing.txt")))
     PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=1)).train()

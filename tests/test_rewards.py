@@ -284,7 +284,7 @@ def test_black_box_rewards_share_one_decode() -> None:
         return images
 
     action = torch.randn(2, 4, 8, 8, requires_grad=True)
-    composite = JPEGCompressibilityReward() + ColorTargetReward(brightness=0.5) + CallableReward(lambda b: [0.0, 0.0], name="zero")
+    composite = JPEGCompressibilityReward() + CallableReward(lambda b: [1.0, 1.0], name="one") + CallableReward(lambda b: [0.0, 0.0], name="zero")
     composite(make_inputs(2, action=action, decode=decode))
     assert calls == [False]
 
@@ -302,8 +302,11 @@ def test_jpeg_compressibility_and_color_target() -> None:
     red = torch.zeros(1, 3, 8, 8)
     red[:, 0] = 1
     color = ColorTargetReward(target_rgb=(1.0, 0.0, 0.0))
-    assert not color.differentiable
+    assert color.differentiable
     assert color(make_inputs(1, images=red)).item() == 0
+    grey = flat.clone().requires_grad_(True)
+    color(make_inputs(1, images=grey)).sum().backward()  # towards red: the red channel's gradient is positive
+    assert grey.grad[0, 0].mean() > 0 > grey.grad[0, 1].mean()
     assert color(make_inputs(1, images=flat)).item() == pytest.approx(-np.sqrt(0.25 * 3))
     assert ColorTargetReward(brightness=0.2)(make_inputs(1, images=red)).item() == pytest.approx(-(0.299 - 0.2))
     with pytest.raises(ValueError, match="exactly one"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict
+from torch import Tensor
 
 from diffrl.agents.actor import UNetActor
 from diffrl.envs.denoising import DenoisingEnv
@@ -64,13 +65,19 @@ class TrajectoryCollector:
         self.env, self.actor, self.prompts, self.config = env, actor, list(prompts), config
         self.rng = torch.Generator().manual_seed(seed)
 
-    @torch.no_grad()
-    def collect(self) -> TensorDict:
-        """One batch of transitions ``[P * G * N]`` (see the class docstring)."""
+    def draw_prompts(self) -> Tensor:
+        """Draw the next P prompts, G samples each, and set them on the env (its prompt embeddings ``[P * G, ...]``);
+        returns their ``prompt_id`` ``[P * G]``. `collect` starts with it; DRaFT samples with gradients from it."""
         p, g = self.config.prompts_per_batch, self.config.samples_per_prompt
         chosen = torch.randperm(len(self.prompts), generator=self.rng)[:p]
         prompt_id = chosen.repeat_interleave(g)
         self.env.set_prompts([self.prompts[i] for i in prompt_id.tolist()])
+        return prompt_id
+
+    @torch.no_grad()
+    def collect(self) -> TensorDict:
+        """One batch of transitions ``[P * G * N]`` (see the class docstring)."""
+        prompt_id = self.draw_prompts()
         rollout = self.env.rollout(self.env.config.num_inference_steps, policy=self.actor)  # [P * G, N]
         final = rollout[:, -1]["next", "reward"].squeeze(-1).float()
         advantage = group_normalized(final, prompt_id.to(final.device))

@@ -10,7 +10,7 @@ from torch import nn
 
 from diffrl.agents.actor import UNetActor
 from diffrl.envs.denoising import DenoisingEnv
-from diffrl.objectives.base import DiffusionLoss, check_weight, metric
+from diffrl.objectives.base import INSTANCE_KEYS, PROMPT_KEYS, DiffusionLoss, check_weight, metric
 
 
 @dataclass
@@ -82,7 +82,10 @@ class RewardBackpropLoss(DiffusionLoss):
         self.config = config
 
     def forward(self, batch: TensorDictBase) -> TensorDict:
-        self.check_batch(batch)
+        """``batch``: the prompt embeddings to sample from (``"prompt_embeds"``, ``"negative_prompt_embeds"``), and
+        the instance images ``"x0"`` when the eps-MSE or prior terms are on."""
+        reconstructs = self.config.eps_weight > 0 or self.config.prior_weight > 0
+        self.check_batch(batch, INSTANCE_KEYS if reconstructs else PROMPT_KEYS)
         start = TensorDict(
             prompt_embeds=batch["prompt_embeds"], negative_prompt_embeds=batch["negative_prompt_embeds"], batch_size=batch.batch_size
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives import LossModule, SoftUpdate
@@ -9,7 +11,8 @@ from torchrl.objectives import LossModule, SoftUpdate
 from diffrl.agents.actor import UNetActor
 from diffrl.envs.denoising import DenoisingEnv
 
-INSTANCE_KEYS = ("x0", "prompt_embeds", "negative_prompt_embeds")
+PROMPT_KEYS = ("prompt_embeds", "negative_prompt_embeds")
+INSTANCE_KEYS = ("x0", *PROMPT_KEYS)
 
 
 class DiffusionLoss(LossModule):
@@ -76,11 +79,11 @@ class DiffusionLoss(LossModule):
         return []
 
     # ----------------------------------------------------------------- batch
-    def check_batch(self, batch: TensorDictBase) -> None:
-        """Raise a clear error when the batch misses a key or has the wrong batch size."""
-        missing = [key for key in INSTANCE_KEYS if key not in batch.keys()]
+    def check_batch(self, batch: TensorDictBase, keys: Sequence[str] = INSTANCE_KEYS) -> None:
+        """Raise a clear error when the batch misses one of ``keys`` or has the wrong batch size."""
+        missing = [key for key in keys if key not in batch.keys()]
         if missing:
-            raise KeyError(f"{type(self).__name__} needs batch keys {list(INSTANCE_KEYS)}; missing {missing}.")
+            raise KeyError(f"{type(self).__name__} needs batch keys {list(keys)}; missing {missing}.")
         expected = tuple((self.reference_env or self.env).batch_size)
         if tuple(batch.batch_size) != expected:
             raise ValueError(f"batch_size {tuple(batch.batch_size)} does not match the environment's {expected}.")

@@ -1,4 +1,4 @@
-"""Weight-free, non-differentiable image scores."""
+"""Weight-free image scores: JPEG compressibility (a black box) and a mean-colour target (differentiable)."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ class ColorTargetReward(Reward):
     """Minus the distance of each image's mean colour to a target, colours in ``[0, 1]``.
 
     Give ``target_rgb=(r, g, b)`` for the Euclidean distance of the mean RGB colour, or ``brightness=b`` for
-    ``|mean luma - b|`` (BT.601 luma).
+    ``|mean luma - b|`` (BT.601 luma). Differentiable (reward backpropagation can use it); policy-gradient methods
+    and the critic treat it as a black box like any other score.
     """
 
-    differentiable = False
     requires = frozenset({"images"})
 
     def __init__(

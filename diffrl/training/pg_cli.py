@@ -1,4 +1,4 @@
-"""``diffrl train``: policy-gradient fine-tuning (DDPO, GRPO) over a prompt file with a black-box reward."""
+"""``diffrl train``: fine-tuning over a prompt file on a reward: DDPO, GRPO (black-box) or DRaFT-K (differentiable)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 EPILOG = """examples:
   diffrl train --method ddpo --pretrained PATH --prompts prompts.txt --reward jpeg --output-dir runs/ddpo
   diffrl train --method grpo --kl-weight 0.01 ... --output-dir runs/grpo --resume   # continue a run
+  diffrl train --method draft --draft-k 1 --reward red ... --output-dir runs/draft
 
 outputs in --output-dir: model/ (StableDiffusionPipeline.from_pretrained(model/)), checkpoints/ckpt-NNNNNN,
 history.jsonl (one record per iteration: train_reward, loss, ratio, clip fraction, ...)."""
@@ -17,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from diffrl.training.policy_gradient import PolicyGradientConfig, pg_choices
 
     parser = subparsers.add_parser(
-        "train", help="policy-gradient fine-tuning over prompts (DDPO, GRPO)",
+        "train", help="reward fine-tuning over prompts (DDPO, GRPO, DRaFT-K)",
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_arguments(parser, PolicyGradientConfig, choices=pg_choices())

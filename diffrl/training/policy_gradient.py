@@ -1,8 +1,10 @@
-"""Policy-gradient fine-tuning over a prompt dataset (DDPO, GRPO): collect, then K epochs of minibatch steps.
+"""Fine-tuning on a reward over a prompt dataset: policy gradients (DDPO, GRPO) and reward backpropagation (DRaFT-K).
 
-One iteration: `diffrl.collectors.TrajectoryCollector` samples P prompts x G trajectories with the current U-Net on a
-stochastic schedule and scores the final images with a black-box reward; the loss (`DDPOLoss` or `GRPOLoss`) then
-takes ``inner_epochs`` passes over the stored transitions in shuffled minibatches, one optimizer step each. The
+One DDPO / GRPO iteration: `diffrl.collectors.TrajectoryCollector` samples P prompts x G trajectories with the current
+U-Net on a stochastic schedule and scores the final images with a black-box reward; the loss (`DDPOLoss` or
+`GRPOLoss`) then takes ``inner_epochs`` passes over the stored transitions in shuffled minibatches, one optimizer step
+each. One DRaFT iteration draws the same P x G prompts and takes one optimizer step of `RewardBackpropLoss`: it samples
+with gradients through the last ``draft_k`` steps and ascends the (differentiable) reward directly. The
 run folder holds ``history.jsonl`` (one record per iteration; the same scalars go to the Accelerate trackers,
 ``report_to``: TensorBoard under ``logs/diffrl``),
 ``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer,
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tensordict import TensorDict
 from torch import Tensor, nn
 
 from diffrl.training.acceleration import (
@@ -35,7 +38,7 @@ from diffrl.training.config import (
     check_report_to,
 )
 
-PG_METHODS = ("ddpo", "grpo")
+PG_METHODS = ("ddpo", "grpo", "draft")
 
 
 def _color_reward() -> nn.Module:
@@ -68,17 +71,19 @@ class PolicyGradientConfig:
     pretrained: a diffusers Stable Diffusion folder or hub id.
     prompts: a text file with one prompt per line (blank lines and lines starting with '#' are skipped).
     output_dir: the run folder.
-    method: "ddpo" (PPO-clipped, per-prompt normalised advantages) or "grpo" (group-relative, optional KL).
+    method: "ddpo" (PPO-clipped, per-prompt normalised advantages), "grpo" (group-relative, optional KL) or "draft"
+        (backpropagate a differentiable reward through the last ``draft_k`` sampling steps).
     reward: a name in `PG_REWARDS`.
     iterations: collect-then-update rounds.
     prompts_per_batch, samples_per_prompt: P and G of each collection (G >= 2).
     inference_steps, eta: the sampling schedule (DDIM; eta > 0 makes it stochastic, as log-probabilities need).
     guidance_scale: classifier-free guidance of the sampled and trained policy.
-    inner_epochs, minibatch: passes over each collection and transitions per optimizer step.
+    inner_epochs, minibatch: passes over each collection and transitions per optimizer step (DDPO, GRPO).
     lr: AdamW learning rate of the U-Net.
     grad_clip: max gradient norm of the U-Net.
     clip_range: PPO's epsilon.
     kl_weight: GRPO's weight of the KL to the frozen base model (0: no reference copy).
+    draft_k: DRaFT's number of final sampling steps differentiated through (1 <= draft_k <= inference_steps).
     seed: seed of the collection, the sampling noise and the minibatch order (process k draws from seeds derived from
         (seed, k): every process collects its own prompts and trajectories).
     mixed_precision: "no", "fp16" or "bf16" (Accelerate's autocast).
@@ -105,6 +110,7 @@ class PolicyGradientConfig:
     grad_clip: float = 1.0
     clip_range: float = 0.2
     kl_weight: float = 0.0
+    draft_k: int = 1
     seed: int = 0
     checkpoint_every: int = 5
     keep_checkpoints: int = 2
@@ -118,7 +124,7 @@ class PolicyGradientConfig:
         if self.reward not in PG_REWARDS:
             raise ConfigError(f"Unknown reward {self.reward!r}; choose from {list(PG_REWARDS)} (or add one to "
                               "diffrl.training.policy_gradient.PG_REWARDS).")
-        for name in ("iterations", "prompts_per_batch", "inference_steps", "inner_epochs", "minibatch",
+        for name in ("iterations", "prompts_per_batch", "inference_steps", "inner_epochs", "minibatch", "draft_k",
                      "checkpoint_every", "keep_checkpoints"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
@@ -134,6 +140,12 @@ class PolicyGradientConfig:
                               f"{self.eta}, lr={self.lr}, clip_range={self.clip_range}.")
         if self.kl_weight > 0 and self.method != "grpo":
             raise ConfigError("kl_weight is GRPO's KL to the base model: use method='grpo' or kl_weight=0.")
+        if self.draft_k > self.inference_steps:
+            raise ConfigError(f"draft_k ({self.draft_k}) must be <= inference_steps ({self.inference_steps}).")
+        if self.method == "draft" and not PG_REWARDS[self.reward]().differentiable:
+            raise ConfigError(f"method='draft' backpropagates through the reward, and {self.reward!r} is not "
+                              f"differentiable: use ddpo or grpo, or a differentiable reward "
+                              f"({[name for name, make in PG_REWARDS.items() if make().differentiable]}).")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
         check_report_to(self.report_to)
@@ -171,7 +183,14 @@ class PolicyGradientTrainer:
         from diffrl.collectors import TrajectoryCollector, TrajectoryCollectorConfig
         from diffrl.envs import DenoisingConfig, DenoisingEnv
         from diffrl.models import load_sd_components
-        from diffrl.objectives import DDPOConfig, DDPOLoss, GRPOConfig, GRPOLoss
+        from diffrl.objectives import (
+            DDPOConfig,
+            DDPOLoss,
+            GRPOConfig,
+            GRPOLoss,
+            RewardBackpropConfig,
+            RewardBackpropLoss,
+        )
         from diffrl.training.checkpoint import list_checkpoints
         from diffrl.training.data import derive_seed
 
@@ -201,6 +220,8 @@ class PolicyGradientTrainer:
             config.prompts_per_batch, config.samples_per_prompt), seed=derive_seed(seed, 1))
         if config.method == "ddpo":
             self.loss = DDPOLoss(env, actor, DDPOConfig(clip_range=config.clip_range))
+        elif config.method == "draft":
+            self.loss = RewardBackpropLoss(env, actor, RewardBackpropConfig(k=config.draft_k))
         else:
             reference = None
             if config.kl_weight > 0:  # a frozen copy of the base U-Net
@@ -217,31 +238,41 @@ class PolicyGradientTrainer:
 
     # ------------------------------------------------------------------ train
     def train_iteration(self) -> dict[str, float]:
-        """One collection and its ``inner_epochs`` x minibatch updates; returns the iteration's record (means over
-        minibatches and processes)."""
-        batch = self.collector.collect()
-        logs: dict[str, list[Tensor]] = {}
-        for _ in range(self.config.inner_epochs):
-            order = torch.randperm(len(batch), generator=self.shuffle)
-            for minibatch in batch[order].split(self.config.minibatch):
-                with self.accelerator.autocast():
-                    out = self.model(minibatch)
-                loss = out["loss_actor"]
-                if not math.isfinite(self._mean(loss.detach().float())):
-                    raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: {float(loss)}; "
-                                             "lower lr or check the reward.")
-                self.accelerator.backward(loss)
-                norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                for key, value in [*out.items(), ("grad_norm", norm)]:
-                    logs.setdefault(key, []).append(value.detach().float())
+        """One iteration (see the module docstring); returns its record (means over optimizer steps and processes)."""
+        if self.config.method == "draft":
+            self.collector.draw_prompts()
+            env = self.collector.env
+            outs = [self._update(TensorDict(prompt_embeds=env.prompt_embeds, batch_size=env.batch_size,
+                                            negative_prompt_embeds=env.negative_prompt_embeds))]
+            train_reward = outs[0]["reward"]
+        else:
+            batch = self.collector.collect()
+            outs = []
+            for _ in range(self.config.inner_epochs):
+                order = torch.randperm(len(batch), generator=self.shuffle)
+                outs += [self._update(minibatch) for minibatch in batch[order].split(self.config.minibatch)]
+            train_reward = batch["final_reward"].float().mean()
         self.iteration += 1
         samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt * self.world
-        record = {"iteration": self.iteration, "samples": samples,
-                  "train_reward": self._mean(batch["final_reward"].float().mean())}
-        record.update(mean_over_processes(self.accelerator, {k: torch.stack(v).mean() for k, v in logs.items()}))
+        record = {"iteration": self.iteration, "samples": samples, "train_reward": self._mean(train_reward)}
+        logs = {key: torch.stack([out[key] for out in outs]).mean() for key in outs[0].keys()}
+        record.update(mean_over_processes(self.accelerator, logs))
         return record
+
+    def _update(self, batch: TensorDict) -> TensorDict:
+        """One optimizer step of the loss on ``batch``; returns its detached outputs and the gradient norm."""
+        with self.accelerator.autocast():
+            out = self.model(batch)
+        loss = out["loss_actor"]
+        if not math.isfinite(self._mean(loss.detach().float())):
+            raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: {float(loss)}; "
+                                     "lower lr or check the reward.")
+        self.accelerator.backward(loss)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        logged = {key: value.detach().float() for key, value in out.items()}
+        return TensorDict({**logged, "grad_norm": norm.float()}, batch_size=[])
 
     def _mean(self, value: Tensor) -> float:
         """The mean of a 0-d tensor over processes."""
