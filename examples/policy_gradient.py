@@ -1,13 +1,15 @@
-"""DDPO or GRPO on the emoji zoo with a black-box reward: turn the samples red without losing their class.
+"""DDPO, GRPO or DRaFT-K on the emoji zoo with a reward: turn the samples red without losing their class.
 
     python examples/policy_gradient.py                          # DDPO, 20 iterations, a few minutes on 2 CPU cores
     python examples/policy_gradient.py --method grpo --kl-weight 0.01 --iterations 40 --output-dir outputs/grpo
+    python examples/policy_gradient.py --method draft --draft-k 1 --output-dir outputs/draft  # reward backprop
     python examples/policy_gradient.py --help                   # every trainer setting is a flag
 
 The training is `diffrl.training.PolicyGradientTrainer` (also ``diffrl train``): each iteration samples P prompts x G
 images with stochastic DDIM (eta = 1), scores the final images with a non-differentiable reward (closeness of the
 mean colour to red), turns the scores into advantages relative to the other samples of the same prompt, and takes
-PPO-clipped steps on the stored transitions. Training prompts are "a <class> <context>" for half of the zoo's
+PPO-clipped steps on the stored transitions (``--method draft`` instead backpropagates the same reward, which is
+differentiable, through the last sampling steps). Training prompts are "a <class> <context>" for half of the zoo's
 classes (`diffrl.zoo.tasks.class_split_task`); this script also scores the other half (held out) before and after,
 with the zoo CLIP's zero-shot class accuracy showing whether the images still show what was asked for.
 """
