@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tensordict import TensorDict
@@ -38,7 +39,67 @@ from diffrl.training.config import (
     check_report_to,
 )
 
-PG_METHODS = ("ddpo", "grpo", "draft")
+if TYPE_CHECKING:
+    from diffrl.agents import UNetActor
+    from diffrl.envs import DenoisingEnv
+
+LossFactory = Callable[["PolicyGradientConfig", "DenoisingEnv", "UNetActor"], nn.Module]
+
+
+@dataclass(frozen=True)
+class PGMethod:
+    """A method of `PolicyGradientTrainer`.
+
+    Attributes:
+        build: ``(config, env, actor) -> loss module``: ``env`` is the sampling env (P x G, terminal reward, the
+            config's stochastic schedule), ``actor`` the trained U-Net with the config's guidance.
+        from_transitions: the loss reads collected transitions (an iteration collects, then takes ``inner_epochs``
+            passes of minibatch steps); otherwise it samples from the drawn prompts with gradients itself (one
+            optimizer step per iteration).
+        differentiable_reward: the method backpropagates through the reward.
+        summary: one line for the command line's help.
+    """
+
+    build: LossFactory
+    from_transitions: bool
+    differentiable_reward: bool
+    summary: str
+
+
+def _build_ddpo(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor) -> nn.Module:
+    from diffrl.objectives import DDPOConfig, DDPOLoss
+
+    return DDPOLoss(env, actor, DDPOConfig(clip_range=config.clip_range))
+
+
+def _build_grpo(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor) -> nn.Module:
+    from diffrl.agents import UNetActor
+    from diffrl.models import load_sd_components
+    from diffrl.objectives import GRPOConfig, GRPOLoss
+
+    reference = None
+    if config.kl_weight > 0:  # a frozen copy of the base U-Net
+        base = load_sd_components(config.pretrained, scheduler="ddim", device=env.device).unet.requires_grad_(False)
+        reference = UNetActor(base, guidance_scale=config.guidance_scale)
+    return GRPOLoss(env, actor, GRPOConfig(clip_range=config.clip_range, kl_weight=config.kl_weight),
+                    reference_actor=reference)
+
+
+def _build_draft(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor) -> nn.Module:
+    from diffrl.objectives import RewardBackpropConfig, RewardBackpropLoss
+
+    return RewardBackpropLoss(env, actor, RewardBackpropConfig(k=config.draft_k))
+
+
+PG_METHODS: dict[str, PGMethod] = {
+    "ddpo": PGMethod(_build_ddpo, from_transitions=True, differentiable_reward=False,
+                     summary="PPO-clipped importance ratios, per-prompt normalised advantages"),
+    "grpo": PGMethod(_build_grpo, from_transitions=True, differentiable_reward=False,
+                     summary="group-relative advantages, optional KL to the frozen base model"),
+    "draft": PGMethod(_build_draft, from_transitions=False, differentiable_reward=True,
+                      summary="DRaFT-K: backpropagate a differentiable reward through the last draft_k steps"),
+}
+"""Method name -> `PGMethod`; add entries for more (the config, the CLI and pg_task read this dict)."""
 
 
 def _color_reward() -> nn.Module:
@@ -61,7 +122,7 @@ red), ``"jpeg"`` (JPEG compressibility, DDPO's). Add entries for more."""
 def pg_choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of `PolicyGradientConfig`'s choice fields, for its command lines (`PG_REWARDS` as it is
     now, entries added included)."""
-    return {"method": PG_METHODS, "reward": tuple(PG_REWARDS), "mixed_precision": MIXED_PRECISION,
+    return {"method": tuple(PG_METHODS), "reward": tuple(PG_REWARDS), "mixed_precision": MIXED_PRECISION,
             "report_to": tuple(TRACKERS)}
 
 
@@ -71,8 +132,8 @@ class PolicyGradientConfig:
     pretrained: a diffusers Stable Diffusion folder or hub id.
     prompts: a text file with one prompt per line (blank lines and lines starting with '#' are skipped).
     output_dir: the run folder.
-    method: "ddpo" (PPO-clipped, per-prompt normalised advantages), "grpo" (group-relative, optional KL) or "draft"
-        (backpropagate a differentiable reward through the last ``draft_k`` sampling steps).
+    method: a name in `PG_METHODS`: "ddpo" (PPO-clipped, per-prompt normalised advantages), "grpo" (group-relative,
+        optional KL) or "draft" (backpropagate a differentiable reward through the last ``draft_k`` sampling steps).
     reward: a name in `PG_REWARDS`.
     iterations: collect-then-update rounds.
     prompts_per_batch, samples_per_prompt: P and G of each collection (G >= 2).
@@ -120,7 +181,8 @@ class PolicyGradientConfig:
 
     def __post_init__(self) -> None:
         if self.method not in PG_METHODS:
-            raise ConfigError(f"Unknown policy-gradient method {self.method!r}; choose from {list(PG_METHODS)}.")
+            raise ConfigError(f"Unknown policy-gradient method {self.method!r}; choose from {list(PG_METHODS)} (or add "
+                              "one to diffrl.training.policy_gradient.PG_METHODS).")
         if self.reward not in PG_REWARDS:
             raise ConfigError(f"Unknown reward {self.reward!r}; choose from {list(PG_REWARDS)} (or add one to "
                               "diffrl.training.policy_gradient.PG_REWARDS).")
@@ -142,9 +204,10 @@ class PolicyGradientConfig:
             raise ConfigError("kl_weight is GRPO's KL to the base model: use method='grpo' or kl_weight=0.")
         if self.draft_k > self.inference_steps:
             raise ConfigError(f"draft_k ({self.draft_k}) must be <= inference_steps ({self.inference_steps}).")
-        if self.method == "draft" and not PG_REWARDS[self.reward]().differentiable:
-            raise ConfigError(f"method='draft' backpropagates through the reward, and {self.reward!r} is not "
-                              f"differentiable: use ddpo or grpo, or a differentiable reward "
+        if PG_METHODS[self.method].differentiable_reward and not PG_REWARDS[self.reward]().differentiable:
+            raise ConfigError(f"method={self.method!r} backpropagates through the reward, and {self.reward!r} is not "
+                              f"differentiable: use {[n for n, m in PG_METHODS.items() if not m.differentiable_reward]},"
+                              f" or a differentiable reward "
                               f"({[name for name, make in PG_REWARDS.items() if make().differentiable]}).")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
@@ -183,14 +246,6 @@ class PolicyGradientTrainer:
         from diffrl.collectors import TrajectoryCollector, TrajectoryCollectorConfig
         from diffrl.envs import DenoisingConfig, DenoisingEnv
         from diffrl.models import load_sd_components
-        from diffrl.objectives import (
-            DDPOConfig,
-            DDPOLoss,
-            GRPOConfig,
-            GRPOLoss,
-            RewardBackpropConfig,
-            RewardBackpropLoss,
-        )
         from diffrl.training.checkpoint import list_checkpoints
         from diffrl.training.data import derive_seed
 
@@ -218,17 +273,7 @@ class PolicyGradientTrainer:
         actor = UNetActor(self.components.unet, guidance_scale=config.guidance_scale)
         self.collector = TrajectoryCollector(env, actor, prompts, TrajectoryCollectorConfig(
             config.prompts_per_batch, config.samples_per_prompt), seed=derive_seed(seed, 1))
-        if config.method == "ddpo":
-            self.loss = DDPOLoss(env, actor, DDPOConfig(clip_range=config.clip_range))
-        elif config.method == "draft":
-            self.loss = RewardBackpropLoss(env, actor, RewardBackpropConfig(k=config.draft_k))
-        else:
-            reference = None
-            if config.kl_weight > 0:  # a frozen copy of the base U-Net
-                base = load_sd_components(config.pretrained, scheduler="ddim", device=device).unet.requires_grad_(False)
-                reference = UNetActor(base, guidance_scale=config.guidance_scale)
-            self.loss = GRPOLoss(env, actor, GRPOConfig(clip_range=config.clip_range, kl_weight=config.kl_weight),
-                                 reference_actor=reference)
+        self.loss = PG_METHODS[config.method].build(config, env, actor)
         self.params = list(self.loss.actor_parameters())
         self.model, self.optimizer = self.accelerator.prepare(self.loss, torch.optim.AdamW(self.params, lr=config.lr))
         self.shuffle = torch.Generator().manual_seed(derive_seed(seed, 2))
@@ -239,7 +284,7 @@ class PolicyGradientTrainer:
     # ------------------------------------------------------------------ train
     def train_iteration(self) -> dict[str, float]:
         """One iteration (see the module docstring); returns its record (means over optimizer steps and processes)."""
-        if self.config.method == "draft":
+        if not PG_METHODS[self.config.method].from_transitions:
             self.collector.draw_prompts()
             env = self.collector.env
             outs = [self._update(TensorDict(prompt_embeds=env.prompt_embeds, batch_size=env.batch_size,
