@@ -115,8 +115,9 @@ def _jpeg_reward() -> nn.Module:
 
 
 PG_REWARDS: dict[str, Callable[[], nn.Module]] = {"red": _color_reward, "jpeg": _jpeg_reward}
-"""Reward name -> factory of the black-box reward of the final images: ``"red"`` (closeness of the mean colour to
-red), ``"jpeg"`` (JPEG compressibility, DDPO's). Add entries for more."""
+"""Reward name -> factory of the reward of the final images: ``"red"`` (closeness of the mean colour to red;
+differentiable, so DRaFT can use it too), ``"jpeg"`` (JPEG compressibility, DDPO's; a black box). Add entries for
+more."""
 
 
 def pg_choices() -> dict[str, tuple[str, ...]]:
