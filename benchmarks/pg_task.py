@@ -10,7 +10,7 @@ the task's training prompts (`diffrl.zoo.tasks.class_split_task`: even classes, 
 scored on the held-out prompts (odd classes, fixed seeds, `score_heldout`): the task reward, and the zoo CLIP's class
 accuracy (a drop means the reward is being hacked). Writes ``table.md`` / ``table.json`` (per method: held-out
 reward, its change relative to the base model, class accuracy, training samples, wall time) and ``curve.png``
-(held-out reward against training samples) to ``--out``.
+(held-out reward and class accuracy against training samples, and class accuracy against reward) to ``--out``.
 
 Each finished method is kept in ``--out/runs/METHOD.json`` and not trained again, so several processes may train
 disjoint ``--methods`` into one folder (each table shows every method finished there so far) and an interrupted run
@@ -186,14 +186,22 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (reward_ax, class_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (reward_ax, class_ax, trade_ax) = plt.subplots(1, 3, figsize=(15, 4))
     for method, run in runs.items():
         samples = [point["samples"] for point in run["curve"]]
-        reward_ax.plot(samples, [point["heldout_reward"] for point in run["curve"]], marker="o", label=method)
-        class_ax.plot(samples, [point["heldout_class_accuracy"] for point in run["curve"]], marker="o", label=method)
+        rewards = [point["heldout_reward"] for point in run["curve"]]
+        accuracies = [point["heldout_class_accuracy"] for point in run["curve"]]
+        reward_ax.plot(samples, rewards, marker="o", label=method)
+        class_ax.plot(samples, accuracies, marker="o", label=method)
+        trade_ax.plot(rewards, accuracies, marker="o", label=method)
     reward_ax.set(xlabel="training samples", ylabel="held-out reward", title="task reward (held-out prompts)")
     class_ax.set(xlabel="training samples", ylabel="zoo-CLIP class accuracy", title="class kept?", ylim=(0, 1))
-    class_ax.axhline(TARGET_CLASS_ACCURACY, color="grey", linestyle="--", linewidth=1)
+    trade_ax.set(xlabel="held-out reward", ylabel="zoo-CLIP class accuracy", title="reward bought with class",
+                 ylim=(0, 1))
+    base = next(iter(runs.values()))["curve"][0]["heldout_reward"]
+    trade_ax.axvline(base + TARGET_GAIN * abs(base), color="grey", linestyle=":", linewidth=1)
+    for ax in (class_ax, trade_ax):
+        ax.axhline(TARGET_CLASS_ACCURACY, color="grey", linestyle="--", linewidth=1)
     reward_ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
