@@ -139,8 +139,8 @@ def finished_run(out: Path, method: str, setup: dict) -> dict | None:
         return None
     stored = json.loads(path.read_text())
     if stored["setup"] != setup:
-        changed = sorted(f"{part}.{key}" for part in setup for key in setup[part]
-                         if stored["setup"][part].get(key) != setup[part][key])
+        changed = sorted(f"{part}.{key}" for part in setup for key in setup[part].keys() | stored["setup"][part].keys()
+                         if stored["setup"][part].get(key) != setup[part].get(key))
         raise SystemExit(f"'{path}' was made with other settings ({', '.join(changed)}): give another --out, or "
                          f"delete it to train {method} again.")
     return stored

@@ -329,7 +329,6 @@ class Trainer:
         logs["skipped"] = 1.0
         return True
 
-
     # ------------------------------------------------------------------ loop
     @releases_run_dir(always=True)
     def train(self, progress: Progress | None = None) -> TrainResult:
