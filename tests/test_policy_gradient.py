@@ -179,6 +179,37 @@ def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, m
     assert [r["iteration"] for r in read_history(tmp_path / "resumed")] == [1, 2]
 
 
+def test_pg_trainer_with_lora_trains_the_adapter_only_resumes_exactly_and_exports_loadable_weights(tiny_sd_path, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from diffrl.training.policy_gradient import PolicyGradientTrainer
+
+    straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", lora_rank=2, lr=1e-2))
+    base = {k: v.clone() for k, v in straight.components.unet.named_parameters() if "lora" not in k}
+    assert straight.params and all("lora" in name for name, p in straight.components.unet.named_parameters()
+                                   if p.requires_grad)
+    model = straight.train()
+    assert all(torch.equal(base[k], p) for k, p in straight.components.unet.named_parameters() if k in base)
+    PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", lora_rank=2, lr=1e-2, iterations=1)).train()
+    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", lora_rank=2, lr=1e-2, resume=True))
+    a, b = (load_file(folder / "pytorch_lora_weights.safetensors") for folder in (model, resumed.train()))
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B moved off 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_path), safety_checker=None)
+    pipe.load_lora_weights(str(model))
+    unet = straight.components.unet
+    latents = torch.randn(1, unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 4, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = (net(latents, 500, encoder_hidden_states=text).sample for net in (unet, pipe.unet))
+        pipe.unet.disable_adapters()
+        untrained = pipe.unet(latents, 500, encoder_hidden_states=text).sample
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(untrained, expected)
+
+
 PG_LAUNCHED = """
 import sys
 from pathlib import Path

@@ -135,3 +135,34 @@ def test_shipped_dino_identifies_held_out_subjects_in_new_scenes_far_above_rando
     chance = identity_retrieval(random_init, contexts, per_subject=8)["acc"]
     for spec in (paths.dino, paths.dino_eval):
         assert identity_retrieval(spec.create(), contexts, per_subject=8)["acc"] >= chance + 0.4
+
+
+def test_prompt_context_reads_the_phrase_a_caption_ends_with():
+    from diffrl.zoo.rewards import prompt_context
+
+    for noun in ("dog", "cat"):
+        assert [prompt_context(zoo.caption(noun, context)) for context in zoo.CONTEXTS] == list(zoo.CONTEXTS)
+    assert prompt_context(zoo.caption("dog", "snow", colour="red", identifier="sks")) == "snow"
+
+
+def test_context_reward_scores_the_context_each_prompt_names():
+    from diffrl.rewards import RewardInputs
+    from diffrl.zoo.rewards import ContextReward
+
+    rng = np.random.default_rng(0)
+    specs = [zoo.sample_spec(rng, contexts=[context]) for context in ("snow", "jungle")]
+    images = torch.stack([torch.from_numpy(np.asarray(zoo.render(s))).permute(2, 0, 1).float() / 255 for s in specs])
+    latents = torch.zeros(2, 4, 8, 8)
+
+    def reward(prompts):
+        inputs = RewardInputs(latents=latents, timesteps=torch.zeros(2, dtype=torch.long), action=latents,
+                              alphas_cumprod=torch.ones(2), prompts=prompts, decode=lambda x: images)
+        return ContextReward()(inputs)
+
+    matched = reward([zoo.caption("dog", "snow"), zoo.caption("dog", "jungle")])
+    swapped = reward([zoo.caption("dog", "jungle"), zoo.caption("dog", "snow")])
+    expected = [zoo.context_scores(images[0])["snow"], zoo.context_scores(images[1])["jungle"]]
+    assert matched.tolist() == pytest.approx(expected) and (matched > 0.5).all()
+    assert (swapped < matched - 0.4).all()
+    with pytest.raises(ValueError, match="requires prompts"):
+        reward(None)

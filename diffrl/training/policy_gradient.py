@@ -114,10 +114,16 @@ def _jpeg_reward() -> nn.Module:
     return JPEGCompressibilityReward()
 
 
-PG_REWARDS: dict[str, Callable[[], nn.Module]] = {"red": _color_reward, "jpeg": _jpeg_reward}
+def _context_reward() -> nn.Module:
+    from diffrl.zoo.rewards import ContextReward
+
+    return ContextReward()
+
+
+PG_REWARDS: dict[str, Callable[[], nn.Module]] = {"red": _color_reward, "jpeg": _jpeg_reward, "context": _context_reward}
 """Reward name -> factory of the reward of the final images: ``"red"`` (closeness of the mean colour to red;
-differentiable, so DRaFT can use it too), ``"jpeg"`` (JPEG compressibility, DDPO's; a black box). Add entries for
-more."""
+differentiable, so DRaFT can use it too), ``"jpeg"`` (JPEG compressibility, DDPO's; a black box), ``"context"`` (the
+zoo's pixel checker's evidence for the context the prompt names; a black box). Add entries for more."""
 
 
 def pg_choices() -> dict[str, tuple[str, ...]]:
@@ -141,7 +147,10 @@ class PolicyGradientConfig:
     inference_steps, eta: the sampling schedule (DDIM; eta > 0 makes it stochastic, as log-probabilities need).
     guidance_scale: classifier-free guidance of the sampled and trained policy.
     inner_epochs, minibatch: passes over each collection and transitions per optimizer step (DDPO, GRPO).
-    lr: AdamW learning rate of the U-Net.
+    lr: AdamW learning rate of the U-Net (of its LoRA adapter with ``lora_rank > 0``).
+    lora_rank: LoRA rank of the U-Net's attention projections (DDPO's default way of training); 0 fine-tunes all
+        weights. The exported model is then ``pytorch_lora_weights.safetensors``
+        (``StableDiffusionPipeline.from_pretrained(pretrained)``, then ``pipe.load_lora_weights(model/)``).
     grad_clip: max gradient norm of the U-Net.
     clip_range: PPO's epsilon.
     kl_weight: GRPO's weight of the KL to the frozen base model (0: no reference copy).
@@ -169,6 +178,7 @@ class PolicyGradientConfig:
     inner_epochs: int = 1
     minibatch: int = 40
     lr: float = 1e-6
+    lora_rank: int = 0
     grad_clip: float = 1.0
     clip_range: float = 0.2
     kl_weight: float = 0.0
@@ -194,6 +204,8 @@ class PolicyGradientConfig:
         if not (isinstance(self.samples_per_prompt, int) and self.samples_per_prompt >= 2):
             raise ConfigError(f"samples_per_prompt must be >= 2 (advantages compare the samples of one prompt), "
                               f"got {self.samples_per_prompt!r}.")
+        if not (isinstance(self.lora_rank, int) and self.lora_rank >= 0):
+            raise ConfigError(f"lora_rank must be an integer >= 0 (0: full fine-tuning), got {self.lora_rank!r}.")
         for name in ("eta", "guidance_scale", "lr", "grad_clip", "clip_range", "kl_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -267,6 +279,10 @@ class PolicyGradientTrainer:
         self.components = load_sd_components(config.pretrained, scheduler="ddim", device=device)
         self.components.vae.requires_grad_(False)
         self.components.text_encoder.requires_grad_(False)
+        if config.lora_rank > 0:
+            from diffrl.agents.lora import add_lora
+
+            add_lora(self.components.unet, rank=config.lora_rank)
         batch = config.prompts_per_batch * config.samples_per_prompt
         env = DenoisingEnv(self.components, prompts[0], batch_size=batch, reward=PG_REWARDS[config.reward](),
                            config=DenoisingConfig(num_inference_steps=config.inference_steps, eta=config.eta,
@@ -392,11 +408,19 @@ class PolicyGradientTrainer:
         return {"env": self.collector.env.rng, "shuffle": self.shuffle}
 
     def export(self) -> Path:
-        """The fine-tuned pipeline in ``model/`` (`StableDiffusionPipeline.from_pretrained`), written atomically."""
+        """The fine-tuned pipeline in ``model/`` (`StableDiffusionPipeline.from_pretrained`), or with ``lora_rank``
+        its LoRA weights (``pipe.load_lora_weights``), written atomically."""
         from diffrl.training.checkpoint import replace_dir_atomically
 
         def write(folder: Path) -> None:
-            self.components.pipeline().save_pretrained(folder, safe_serialization=True)
+            pipeline = self.components.pipeline()
+            if self.config.lora_rank > 0:
+                from peft.utils import get_peft_model_state_dict
+
+                pipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(self.components.unet),
+                                           safe_serialization=True)
+            else:
+                pipeline.save_pretrained(folder, safe_serialization=True)
             (folder / "training_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
 
         if self.accelerator.is_main_process:

@@ -1,0 +1,34 @@
+"""Rewards that know the emoji world: how well an image shows the context its prompt asks for."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffrl.rewards.base import Reward, RewardInputs
+from diffrl.zoo.checker import context_scores
+from diffrl.zoo.world import CONTEXTS
+
+
+def prompt_context(prompt: str) -> str:
+    """The context a zoo caption asks for (a key of `CONTEXTS`; ``"plain"`` when it names none):
+    ``prompt_context("a dog in the snow") == "snow"``."""
+    named = [name for name, phrase in CONTEXTS.items() if phrase and prompt.endswith(" " + phrase)]
+    return named[0] if named else "plain"
+
+
+class ContextReward(Reward):
+    """The pixel checker's evidence, in ``[0, 1]``, for the context each image's prompt asks for
+    (`diffrl.zoo.context_scores`: the fraction of pixels in the context's colours, in its region).
+
+    Prompt adherence as a black box: classifier-free guidance raises it, so at low guidance a policy-gradient method
+    has room to learn it. Filling the frame with the context's colours also raises it, which the zoo CLIP's class
+    accuracy of the samples exposes.
+    """
+
+    differentiable = False
+    requires = frozenset({"images", "prompts"})
+
+    def forward(self, inputs: RewardInputs) -> Tensor:
+        scores = [context_scores(image)[prompt_context(prompt)] for image, prompt in zip(inputs.images, inputs.prompts)]
+        return torch.tensor(scores, dtype=torch.float32, device=inputs.images.device)
