@@ -10,7 +10,9 @@ the task's training prompts (`diffrl.zoo.tasks.class_split_task`: even classes, 
 scored on the held-out prompts (odd classes, fixed seeds, `score_heldout`): the task reward, and the zoo CLIP's class
 accuracy (a drop means the reward is being hacked). Writes ``table.md`` / ``table.json`` (per method: held-out
 reward, its change relative to the base model, class accuracy, training samples, wall time) and ``curve.png``
-(held-out reward and class accuracy against training samples, and class accuracy against reward) to ``--out``.
+(held-out reward and class accuracy against training samples, and class accuracy against reward) to ``--out``, and
+per method ``samples/METHOD.png``: the first held-out samples of the base model (top rows) and of the trained one
+(same prompts and seeds).
 
 Each finished method is kept in ``--out/runs/METHOD.json`` and not trained again, so several processes may train
 disjoint ``--methods`` into one folder (each table shows every method finished there so far) and an interrupted run
@@ -52,6 +54,8 @@ METHOD_SETTINGS = {"ddpo": {"method": "ddpo"}, "grpo": {"method": "grpo", "kl_we
                    "grpo_kl05": {"method": "grpo", "kl_weight": 0.05}, "draft": {"method": "draft", "draft_k": 1}}
 """Rows of the table: a name -> the `PolicyGradientConfig` fields that make the method (no flag; add rows instead)."""
 TARGET_GAIN, TARGET_CLASS_ACCURACY = 0.20, 0.70
+GRID_IMAGES = 16
+"""Held-out samples shown per method in ``samples/METHOD.png``: the base model's, then the trained model's."""
 
 
 TRAINER_DEFAULTS = {"lr": 3e-5}
@@ -105,16 +109,21 @@ def trainer_template(**settings) -> PolicyGradientConfig:
 def run_method(config: PGTaskConfig, trainer_settings: PolicyGradientConfig, method: str, task, clip, reward,
                prompt_file: Path, workdir: Path) -> dict:
     """Train one method within the budget, scoring the held-out prompts along the way; returns its curve."""
-    from diffrl.zoo.tasks import score_heldout
+    from diffrl.zoo.tasks import sample_heldout
 
     settings = dataclasses.replace(trainer_settings, prompts=str(prompt_file), output_dir=str(workdir / method),
                                    iterations=config.max_iterations, **METHOD_SETTINGS[method])
     trainer = PolicyGradientTrainer(settings)
 
+    shown = {}  # the first and the latest held-out samples
+
     def heldout() -> dict[str, float]:
-        return score_heldout(trainer.components, task, reward, clip, images=config.heldout_images,
-                             steps=settings.inference_steps, guidance_scale=settings.guidance_scale,
-                             seed=settings.seed + 7)
+        samples = sample_heldout(trainer.components, task, reward, clip, images=config.heldout_images,
+                                 steps=settings.inference_steps, guidance_scale=settings.guidance_scale,
+                                 seed=settings.seed + 7)
+        shown.setdefault("base", samples.images[:GRID_IMAGES])
+        shown["end"] = samples.images[:GRID_IMAGES]
+        return samples.summary()
 
     curve = [{"iteration": 0, "samples": 0, "train_s": 0.0, **heldout()}]
     print(f"{method} start: {curve[0]}", flush=True)
@@ -128,7 +137,15 @@ def run_method(config: PGTaskConfig, trainer_settings: PolicyGradientConfig, met
             print(f"{method} {curve[-1]}", flush=True)
     if curve[-1]["iteration"] != trainer.iteration:
         curve.append({"iteration": trainer.iteration, "samples": logs[-1]["samples"], "train_s": trained, **heldout()})
+    save_grid(torch.cat([shown["base"], shown["end"]]), workdir / f"{method}.png")
     return {"curve": curve, "train_log": logs, "settings": METHOD_SETTINGS[method]}
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """``images`` ``[N, 3, H, W]`` in [0, 1] as a PNG of rows of 8."""
+    from torchvision.utils import save_image
+
+    save_image(images, path, nrow=8, padding=1, pad_value=1.0)
 
 
 def finished_run(out: Path, method: str, setup: dict) -> dict | None:
@@ -241,6 +258,8 @@ def run(config: PGTaskConfig, trainer: PolicyGradientConfig | None = None) -> di
                 result = run_method(config, trainer, method, task, clip, reward, prompt_file, Path(tmp))
                 result |= {"setup": setup, "threads": config.threads}
                 (config.out / "runs").mkdir(exist_ok=True)
+                (config.out / "samples").mkdir(exist_ok=True)
+                os.replace(Path(tmp) / f"{method}.png", config.out / "samples" / f"{method}.png")
                 atomic_write_text(config.out / "runs" / f"{method}.json", json.dumps(result, indent=2) + "\n")
     runs = {method: stored for method in METHOD_SETTINGS if (stored := finished_run(config.out, method, setup)) is not None}
     if not runs:

@@ -29,6 +29,10 @@ def test_quick_run_writes_a_consistent_table_and_resumes_at_unfinished_methods(p
     assert row["passed"] == (row["relative_gain"] >= 0.2 and row["class_accuracy"] >= 0.7)
     assert (tmp_path / "curve.png").stat().st_size > 0 and "| ddpo |" in (tmp_path / "table.md").read_text()
     assert result["rows"] == stored["rows"]
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "samples" / "ddpo.png")  # quick: 4 held-out images, base then trained, one row
+    assert grid.size == (8 * 65 + 1, 65 + 1)
     with pytest.raises(SystemExit, match="Unknown method"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ppo"], quick=True, threads=1))
     with pytest.raises(SystemExit, match="draft: method='draft' backpropagates through the reward, and 'jpeg'"):

@@ -9,7 +9,10 @@ EPILOG = """examples:
   diffrl train --method grpo --kl-weight 0.01 ... --output-dir runs/grpo --resume   # continue a run
   diffrl train --method draft --draft-k 1 --reward red ... --output-dir runs/draft
 
-outputs in --output-dir: model/ (StableDiffusionPipeline.from_pretrained(model/)), checkpoints/ckpt-NNNNNN,
+  diffrl train --method ddpo --lora-rank 4 --lr 3e-4 ... --output-dir runs/ddpo_lora   # a LoRA adapter only
+
+outputs in --output-dir: model/ (StableDiffusionPipeline.from_pretrained(model/); with --lora-rank, LoRA weights:
+StableDiffusionPipeline.from_pretrained(PRETRAINED) then pipe.load_lora_weights(model/)), checkpoints/ckpt-NNNNNN,
 history.jsonl (one record per iteration: train_reward, loss, ratio, clip fraction, ...)."""
 
 
