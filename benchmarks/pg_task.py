@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -259,7 +260,7 @@ def run(config: PGTaskConfig, trainer: PolicyGradientConfig | None = None) -> di
                 result |= {"setup": setup, "threads": config.threads}
                 (config.out / "runs").mkdir(exist_ok=True)
                 (config.out / "samples").mkdir(exist_ok=True)
-                os.replace(Path(tmp) / f"{method}.png", config.out / "samples" / f"{method}.png")
+                shutil.move(Path(tmp) / f"{method}.png", config.out / "samples" / f"{method}.png")  # may cross disks
                 atomic_write_text(config.out / "runs" / f"{method}.json", json.dumps(result, indent=2) + "\n")
     runs = {method: stored for method in METHOD_SETTINGS if (stored := finished_run(config.out, method, setup)) is not None}
     if not runs:
