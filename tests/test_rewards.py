@@ -311,3 +311,20 @@ def test_jpeg_compressibility_and_color_target() -> None:
     assert ColorTargetReward(brightness=0.2)(make_inputs(1, images=red)).item() == pytest.approx(-(0.299 - 0.2))
     with pytest.raises(ValueError, match="exactly one"):
         ColorTargetReward()
+
+
+def test_noise_reward_is_a_fixed_function_of_the_pixels_without_signal():
+    from diffrl.rewards import NoiseReward
+
+    images = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    reward = NoiseReward()
+    first = reward(make_inputs(64, images=images))
+    assert torch.equal(first, reward(make_inputs(64, images=images.clone())))  # the same images, the same values
+    assert first.min() >= -0.5 and first.max() < 0.5 and first.unique().numel() == 64
+    assert abs(float(first.mean())) < 0.1 and 0.2 < float(first.std()) < 0.4  # uniform: std 1/sqrt(12) = 0.29
+    brightness = images.mean(dim=(1, 2, 3))
+    assert abs(float(torch.corrcoef(torch.stack([first, brightness]))[0, 1])) < 0.35
+    changed = images.clone()
+    changed[:, :, 0, 0] = 1 - changed[:, :, 0, 0]  # one pixel per image
+    assert (reward(make_inputs(64, images=changed)) != first).all()
+    assert not NoiseReward.differentiable

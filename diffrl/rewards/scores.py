@@ -1,15 +1,17 @@
-"""Weight-free image scores: JPEG compressibility (a black box) and a mean-colour target (differentiable)."""
+"""Weight-free image scores: JPEG compressibility (a black box), a mean-colour target (differentiable) and a noise
+control (no signal)."""
 
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from diffrl.rewards.base import Reward, RewardInputs
-from diffrl.rewards.callable import images_to_pil
+from diffrl.rewards.callable import images_to_pil, images_to_uint8
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
@@ -60,3 +62,19 @@ class ColorTargetReward(Reward):
             luma = mean_rgb @ torch.tensor(LUMA_WEIGHTS, device=mean_rgb.device)
             return -(luma - self.target).abs()
         return -(mean_rgb - self.target.to(mean_rgb.device)).norm(dim=1)
+
+
+class NoiseReward(Reward):
+    """A control with no signal: a uniform value in ``[-0.5, 0.5)`` drawn from a seed that is the CRC-32 of each
+    image's uint8 pixels. Any change of the image draws a new value, the same image always the same one (so runs
+    resume exactly), and no image property predicts it: what a method does to the model under this reward is the
+    cost of its updates alone, the reference against which a real reward's side effects (e.g. a falling class
+    accuracy) are read."""
+
+    differentiable = False
+    requires = frozenset({"images"})
+
+    def forward(self, inputs: RewardInputs) -> Tensor:
+        values = [torch.rand((), generator=torch.Generator().manual_seed(zlib.crc32(pixels.tobytes()))).item() - 0.5
+                  for pixels in images_to_uint8(inputs.images)]
+        return torch.tensor(values, dtype=torch.float32, device=inputs.images.device)

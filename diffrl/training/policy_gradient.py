@@ -120,10 +120,19 @@ def _context_reward() -> nn.Module:
     return ContextReward()
 
 
-PG_REWARDS: dict[str, Callable[[], nn.Module]] = {"red": _color_reward, "jpeg": _jpeg_reward, "context": _context_reward}
+def _noise_reward() -> nn.Module:
+    from diffrl.rewards import NoiseReward
+
+    return NoiseReward()
+
+
+PG_REWARDS: dict[str, Callable[[], nn.Module]] = {
+    "red": _color_reward, "jpeg": _jpeg_reward, "context": _context_reward, "noise": _noise_reward,
+}
 """Reward name -> factory of the reward of the final images: ``"red"`` (closeness of the mean colour to red;
 differentiable, so DRaFT can use it too), ``"jpeg"`` (JPEG compressibility, DDPO's; a black box), ``"context"`` (the
-zoo's pixel checker's evidence for the context the prompt names; a black box). Add entries for more."""
+zoo's pixel checker's evidence for the context the prompt names; a black box), ``"noise"`` (a control without
+signal: what the updates alone do to the model). Add entries for more."""
 
 
 def pg_choices() -> dict[str, tuple[str, ...]]:
