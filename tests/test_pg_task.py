@@ -47,5 +47,13 @@ def test_quick_run_writes_a_consistent_table_and_resumes_at_unfinished_methods(p
     with pytest.raises(SystemExit, match=r"other settings \(trainer.lr\).*another --out"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path, quick=True, threads=1),
                     pg_task.trainer_template(lr=1e-4))
+    stored_path = tmp_path / "runs" / "ddpo.json"  # written before lora_rank existed: it was made at its default, 0
+    old = json.loads(stored_path.read_text())
+    del old["setup"]["trainer"]["lora_rank"]
+    stored_path.write_text(json.dumps(old))
+    assert pg_task.run(pg_task.PGTaskConfig(out=tmp_path, finished_only=True, quick=True, threads=1))["rows"] == result["rows"]
+    with pytest.raises(SystemExit, match=r"other settings \(trainer.lora_rank\)"):
+        pg_task.run(pg_task.PGTaskConfig(out=tmp_path, finished_only=True, quick=True, threads=1),
+                    pg_task.trainer_template(lora_rank=2))
     with pytest.raises(SystemExit, match="no finished method yet"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path / "empty", finished_only=True, quick=True, threads=1))
