@@ -72,7 +72,7 @@ class DPGConfig:
     prior_weight: float = 1.0
     exploration_std: float = 0.1
     exploration_space: str = "x0"
-    exploration_actions: int = 4
+    exploration_actions: int = 8
     replay_size: int = 256
     critic_batch_size: int = 32
     critic_updates: int = 16
