@@ -382,4 +382,5 @@ def test_replay_buffer_entries_are_tensordicts(components):
     loss = make_dpg(components, DPGConfig(critic_batch_size=2))
     loss(make_batch(loss.reference_env))
     sample = loss.replay.sample()
-    assert isinstance(sample, TensorDict) and sample.batch_size == (2,) and sample["action"].shape[1] == 5
+    assert isinstance(sample, TensorDict) and sample.batch_size == (2,)
+    assert sample["action"].shape[1] == loss.config.exploration_actions + 1  # mu(s) and K explorations
