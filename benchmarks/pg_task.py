@@ -44,6 +44,7 @@ import torch  # noqa: E402
 from diffrl.arguments import add_dataclass_arguments, dataclass_from_args  # noqa: E402
 from diffrl.io import atomic_write_text  # noqa: E402
 from diffrl.training.config import ConfigError  # noqa: E402
+from diffrl.training.rundir import recorded_default  # noqa: E402
 from diffrl.training.policy_gradient import (  # noqa: E402
     PG_REWARDS,
     PolicyGradientConfig,
@@ -150,27 +151,18 @@ def save_grid(images: torch.Tensor, path: Path) -> None:
     save_image(images, path, nrow=8, padding=1, pad_value=1.0)
 
 
-def _field_defaults(config_class: type) -> dict:
-    return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(config_class)
-                                  if f.default is not dataclasses.MISSING}, default=str))
-
-
-FIELD_DEFAULTS = {"benchmark": _field_defaults(PGTaskConfig), "trainer": _field_defaults(PolicyGradientConfig)}
-"""The settings' defaults, in a stored setup's JSON form. A field added to either config defaults to the behaviour
-before it existed (e.g. ``lora_rank=0``), so a result stored without it was made at that default."""
-
-
 def finished_run(out: Path, method: str, setup: dict) -> dict | None:
     """The stored result of ``method`` in ``out`` (None when it has not finished there); refuses one made with other
-    settings than ``setup`` (a field the stored setup lacks counts as its default, see `FIELD_DEFAULTS`)."""
+    settings than ``setup``. A field the stored setup lacks counts at its default (`recorded_default`): a field added
+    to either config defaults to the behaviour before it existed (e.g. ``lora_rank=0``)."""
     path = out / "runs" / f"{method}.json"
     if not path.is_file():
         return None
     stored = json.loads(path.read_text())
-    for part, settings in FIELD_DEFAULTS.items():  # fields added since it was written: at their defaults
-        for key, default in settings.items():
-            if key in setup[part]:
-                stored["setup"][part].setdefault(key, default)
+    for part, config_class in (("benchmark", PGTaskConfig), ("trainer", PolicyGradientConfig)):
+        for item in dataclasses.fields(config_class):  # fields added since it was written
+            if item.name in setup[part] and item.name not in stored["setup"][part]:
+                stored["setup"][part][item.name] = recorded_default(item)
     if stored["setup"] != setup:
         changed = sorted(f"{part}.{key}" for part in setup for key in setup[part].keys() | stored["setup"][part].keys()
                          if stored["setup"][part].get(key) != setup[part].get(key))

@@ -21,15 +21,10 @@ def save_model(config: TrainConfig, components: SDComponents, target: Path | Non
     """
 
     def write(folder: Path) -> None:
-        pipeline = components.pipeline()
         if config.lora_rank > 0:
-            from peft.utils import get_peft_model_state_dict
-
-            text_encoder = get_peft_model_state_dict(components.text_encoder) if config.train_text_encoder else None
-            pipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(components.unet),
-                                       text_encoder_lora_layers=text_encoder, safe_serialization=True)
+            save_lora_weights(components, folder, text_encoder=config.train_text_encoder)
         else:
-            pipeline.save_pretrained(folder, safe_serialization=True)
+            components.pipeline().save_pretrained(folder, safe_serialization=True)
             recommended = recommended_finetuning(config.pretrained)
             if recommended:  # a further fine-tuning of this model resolves lr_actor=None as its base model did
                 (folder / FINETUNING_FILE).write_text(json.dumps(recommended, indent=2) + "\n")
@@ -42,6 +37,16 @@ def save_model(config: TrainConfig, components: SDComponents, target: Path | Non
     needed = _model_bytes(config, components) + METADATA_BYTES
     with disk_space_for(target.parent, needed, f"the model '{target}'", hint):
         return replace_dir_atomically(target, write)
+
+
+def save_lora_weights(components: SDComponents, folder: Path, text_encoder: bool = False) -> None:
+    """The U-Net's LoRA adapter (and the text encoder's with ``text_encoder``) as
+    ``folder/pytorch_lora_weights.safetensors``, which ``pipe.load_lora_weights(folder)`` reads."""
+    from peft.utils import get_peft_model_state_dict
+
+    text_encoder_layers = get_peft_model_state_dict(components.text_encoder) if text_encoder else None
+    components.pipeline().save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(components.unet),
+                                            text_encoder_lora_layers=text_encoder_layers, safe_serialization=True)
 
 
 def _model_bytes(config: TrainConfig, components: SDComponents) -> int:

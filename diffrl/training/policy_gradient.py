@@ -420,16 +420,13 @@ class PolicyGradientTrainer:
         """The fine-tuned pipeline in ``model/`` (`StableDiffusionPipeline.from_pretrained`), or with ``lora_rank``
         its LoRA weights (``pipe.load_lora_weights``), written atomically."""
         from diffrl.training.checkpoint import replace_dir_atomically
+        from diffrl.training.export import save_lora_weights
 
         def write(folder: Path) -> None:
-            pipeline = self.components.pipeline()
             if self.config.lora_rank > 0:
-                from peft.utils import get_peft_model_state_dict
-
-                pipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(self.components.unet),
-                                           safe_serialization=True)
+                save_lora_weights(self.components, folder)
             else:
-                pipeline.save_pretrained(folder, safe_serialization=True)
+                self.components.pipeline().save_pretrained(folder, safe_serialization=True)
             (folder / "training_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
 
         if self.accelerator.is_main_process:

@@ -194,13 +194,15 @@ def config_differences(stored: Mapping[str, Any], config: Any) -> dict[str, tupl
     now = json.loads(json.dumps(dataclasses.asdict(config)))
     differences = {}
     for item in dataclasses.fields(config):
-        old = stored[item.name] if item.name in stored else _default(item)
+        old = stored[item.name] if item.name in stored else recorded_default(item)
         if old != now[item.name]:
             differences[item.name] = (old, now[item.name])
     return differences
 
 
-def _default(item: dataclasses.Field) -> Any:
+def recorded_default(item: dataclasses.Field) -> Any:
+    """The default of a dataclass field as a stored record would hold it (JSON round-tripped): what a record
+    written before the field existed counts it as; ``"(not recorded)"`` for a field without a default."""
     if item.default is not dataclasses.MISSING:
         return json.loads(json.dumps(item.default))
     if item.default_factory is not dataclasses.MISSING:

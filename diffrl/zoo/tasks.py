@@ -48,13 +48,11 @@ class HeldoutSamples:
     images: the decoded samples ``[N, 3, H, W]`` in ``[0, 1]``.
     reward: the task reward of each ``[N]``.
     class_correct: whether the zoo CLIP names each sample's class ``[N]`` (bool).
-    prompts: the held-out prompt of each.
     """
 
     images: torch.Tensor
     reward: torch.Tensor
     class_correct: torch.Tensor
-    prompts: tuple[str, ...]
 
     def summary(self) -> dict[str, float]:
         """``{"heldout_reward", "heldout_class_accuracy"}``: the means over the samples."""
@@ -81,8 +79,7 @@ def sample_heldout(components, task: PromptTask, reward: nn.Module, clip, *, ima
         raise ValueError(f"images must be >= 1, got {images}.")
     order = torch.randperm(len(task.heldout_prompts), generator=torch.Generator().manual_seed(123)).tolist()
     chosen = [order[i % len(order)] for i in range(images)]
-    prompts = tuple(task.heldout_prompts[i] for i in chosen)
-    env = DenoisingEnv(components, list(prompts), batch_size=images, reward=reward,
+    env = DenoisingEnv(components, [task.heldout_prompts[i] for i in chosen], batch_size=images, reward=reward,
                        config=DenoisingConfig(num_inference_steps=steps, reward_mode="terminal"), seed=seed)
     final = env.rollout(steps, policy=UNetActor(components.unet, guidance_scale=guidance_scale))[:, -1]
     decoded = env.decode(final["next", "latents"]).float()
@@ -90,7 +87,7 @@ def sample_heldout(components, task: PromptTask, reward: nn.Module, clip, *, ima
     predicted = (nn.functional.normalize(clip.encode_images(decoded), dim=-1) @ text.T).argmax(1).tolist()
     correct = torch.tensor([CLASSES[p] == task.heldout_classes[i] for p, i in zip(predicted, chosen)])
     return HeldoutSamples(images=decoded.cpu(), reward=final["next", "reward"].squeeze(-1).float().cpu(),
-                          class_correct=correct, prompts=prompts)
+                          class_correct=correct)
 
 
 def score_heldout(components, task: PromptTask, reward: nn.Module, clip, **kwargs) -> dict[str, float]:
