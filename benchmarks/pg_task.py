@@ -22,7 +22,8 @@ were made with other settings is refused.
 Acceptance (issue 16): DDPO and GRPO each raise the held-out reward by >= 20% of the base model's |reward| within 30
 minutes on 2 CPU cores, with class accuracy >= 0.7. Methods that lose are reported the same way. DRaFT-1 (reward
 backpropagation through the last sampling step) runs where the reward is differentiable ("red"; give ``--methods ddpo
-grpo`` for "jpeg"). DPG is not in the table: its critic learns from noised reference images, which a prompt task lacks.
+grpo dpg`` for "jpeg"). DPG learns a critic of the same black-box reward, scored on the look-forward images of its
+own noised samples (`diffrl.training.policy_gradient`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from diffrl.training.policy_gradient import (  # noqa: E402
 
 METHOD_SETTINGS = {"ddpo": {"method": "ddpo"}, "grpo": {"method": "grpo", "kl_weight": 0.01},
                    "grpo_kl02": {"method": "grpo", "kl_weight": 0.02}, "grpo_kl05": {"method": "grpo", "kl_weight": 0.05},
-                   "draft": {"method": "draft", "draft_k": 1}}
+                   "draft": {"method": "draft", "draft_k": 1}, "dpg": {"method": "dpg"}}
 """Rows of the table: a name -> the `PolicyGradientConfig` fields that make the method (no flag; add rows instead)."""
 TARGET_GAIN, TARGET_CLASS_ACCURACY = 0.20, 0.70
 GRID_IMAGES = 16

@@ -157,12 +157,12 @@ def unet_weights(model_dir) -> dict[str, torch.Tensor]:
     return dict(load_sd_components(str(model_dir)).unet.state_dict())
 
 
-@pytest.mark.parametrize("method", ["ddpo", "grpo", "draft"])
+@pytest.mark.parametrize("method", ["ddpo", "grpo", "draft", "dpg"])
 def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, method):
     from diffrl.training import read_history
     from diffrl.training.policy_gradient import PolicyGradientTrainer
 
-    extra = {"grpo": {"kl_weight": 0.1}, "draft": {"draft_k": 2}}.get(method, {})
+    extra = {"grpo": {"kl_weight": 0.1}, "draft": {"draft_k": 2}, "dpg": {"warmup_steps": 1}}.get(method, {})
     straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", method=method, **extra)).train()
     history = read_history(tmp_path / "straight")
     assert [r["iteration"] for r in history] == [1, 2] and history[-1]["samples"] == 8
@@ -177,6 +177,31 @@ def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, m
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert [r["iteration"] for r in read_history(tmp_path / "resumed")] == [1, 2]
+
+
+def test_pg_trainer_dpg_learns_a_critic_of_the_own_samples_and_resumes_it_exactly(tiny_sd_path, tmp_path):
+    """DPG over prompts: the critic's envs score each own sample against its own prompt, the actor reads Q after the
+    warm-up, and a resumed run restores the critic, its targets and the replay buffer exactly."""
+    from diffrl.training import read_history
+    from diffrl.training.policy_gradient import PolicyGradientTrainer
+
+    settings = dict(method="dpg", warmup_steps=1, iterations=3)
+    straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", **settings))
+    straight.train()
+    assert straight.loss.env.prompts == straight.collector.env.prompts == straight.loss.reference_env.prompts
+    history = read_history(tmp_path / "straight")
+    assert [r["lam"] for r in history][0] == 0 and history[-1]["lam"] > 0  # the warm-up, then Q in the actor loss
+    assert all(r["loss_critic"] > 0 and r["grad_norm_critic"] > 0 for r in history)
+    PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", **{**settings, "iterations": 2})).train()
+    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", resume=True, **settings))
+    assert len(resumed.loss.replay) == len(straight.loss.replay) - 4  # 2 x 2 states per iteration, restored
+    resumed.train()
+    for name in ("critic_params", "target_critic_params", "value_network_params"):
+        a, b = getattr(straight.loss, name), getattr(resumed.loss, name)
+        for key, value in a.items(True, True):
+            torch.testing.assert_close(value, b[key], rtol=0, atol=0, msg=f"{name}.{key}")
+    a, b = straight.loss.replay[:], resumed.loss.replay[:]
+    assert (a == b).all()
 
 
 def test_pg_trainer_with_lora_trains_the_adapter_only_resumes_exactly_and_exports_loadable_weights(tiny_sd_path, tmp_path):
@@ -271,7 +296,7 @@ def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
         pg_config(tiny_sd_path, tmp_path, "x", reward="aesthetic")
     with pytest.raises(ConfigError, match="kl_weight is GRPO's"):
         pg_config(tiny_sd_path, tmp_path, "x", kl_weight=0.1)
-    with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use \['ddpo', 'grpo'\], or a differentiable reward \(\['red'\]\)"):
+    with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use \['ddpo', 'grpo', 'dpg'\], or a differentiable reward \(\['red'\]\)"):
         pg_config(tiny_sd_path, tmp_path, "x", method="draft", reward="jpeg")
     with pytest.raises(ConfigError, match=r"draft_k \(3\) must be <= inference_steps \(2\)"):
         pg_config(tiny_sd_path, tmp_path, "x", method="draft", draft_k=3)

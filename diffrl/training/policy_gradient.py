@@ -1,10 +1,16 @@
-"""Fine-tuning on a reward over a prompt dataset: policy gradients (DDPO, GRPO) and reward backpropagation (DRaFT-K).
+"""Fine-tuning on a reward over a prompt dataset: policy gradients (DDPO, GRPO), reward backpropagation (DRaFT-K) and
+deterministic policy gradients with a critic (DPG).
 
 One DDPO / GRPO iteration: `diffrl.collectors.TrajectoryCollector` samples P prompts x G trajectories with the current
 U-Net on a stochastic schedule and scores the final images with a black-box reward; the loss (`DDPOLoss` or
 `GRPOLoss`) then takes ``inner_epochs`` passes over the stored transitions in shuffled minibatches, one optimizer step
 each. One DRaFT iteration draws the same P x G prompts and takes one optimizer step of `RewardBackpropLoss`: it samples
-with gradients through the last ``draft_k`` steps and ascends the (differentiable) reward directly. The
+with gradients through the last ``draft_k`` steps and ascends the (differentiable) reward directly. One DPG iteration
+collects the same P x G trajectories and takes ``inner_epochs`` steps of `DPGLoss` on their final samples: each step
+noises the P x G samples afresh (the states of the policy's own marginal at a random t), the critic learns the reward
+of the look-forward image decode(x0_hat(s, a)) from explored actions (the same black box, scored per step), and the
+U-Net maximises lambda Q(s, mu(s)) plus the eps-MSE on its own samples (which anchors it to its current
+distribution, as the reference images anchor DreamBooth); ``critic_updates - 1`` critic-only updates follow. The
 run folder holds ``history.jsonl`` (one record per iteration; the same scalars go to the Accelerate trackers,
 ``report_to``: TensorBoard under ``logs/diffrl``),
 ``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer,
@@ -25,6 +31,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from diffrl.objectives.dpg import DPGConfig
 from diffrl.training.acceleration import (
     finish_trackers,
     make_accelerator,
@@ -36,14 +43,18 @@ from diffrl.training.config import (
     MIXED_PRECISION,
     TRACKERS,
     ConfigError,
+    TrainConfig,
     check_report_to,
 )
+from diffrl.training.rng import find_generators
 
 if TYPE_CHECKING:
     from diffrl.agents import UNetActor
     from diffrl.envs import DenoisingEnv
 
 LossFactory = Callable[["PolicyGradientConfig", "DenoisingEnv", "UNetActor"], nn.Module]
+CRITIC_GRAD_CLIP = TrainConfig.critic_grad_clip
+"""Max gradient norm of DPG's critic (its loss is in band-normalised units), as in personalisation."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,17 @@ class PGMethod:
     Attributes:
         build: ``(config, env, actor) -> loss module``: ``env`` is the sampling env (P x G, terminal reward, the
             config's stochastic schedule), ``actor`` the trained U-Net with the config's guidance.
-        from_transitions: the loss reads collected transitions (an iteration collects, then takes ``inner_epochs``
-            passes of minibatch steps); otherwise it samples from the drawn prompts with gradients itself (one
-            optimizer step per iteration).
+        data: what one optimizer step of the loss reads. ``"transitions"``: a minibatch of the collected transitions
+            (an iteration collects, then takes ``inner_epochs`` passes of minibatch steps); ``"samples"``: the
+            collection's P x G final samples as ``"x0"`` with their prompts' embeddings (``inner_epochs`` steps per
+            collection); ``"prompts"``: only the drawn prompts' embeddings, from which the loss samples with gradients
+            itself (one optimizer step per iteration).
         differentiable_reward: the method backpropagates through the reward.
         summary: one line for the command line's help.
     """
 
     build: LossFactory
-    from_transitions: bool
+    data: str
     differentiable_reward: bool
     summary: str
 
@@ -91,13 +104,36 @@ def _build_draft(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetAct
     return RewardBackpropLoss(env, actor, RewardBackpropConfig(k=config.draft_k))
 
 
+def _build_dpg(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor) -> nn.Module:
+    from diffrl.agents import QCritic, UNetActor
+    from diffrl.envs import DenoisingConfig, DenoisingEnv
+    from diffrl.objectives import DPGLoss
+    from diffrl.training.data import derive_seed
+
+    seed = env.rng.initial_seed()  # the process's seed; DPG's streams are derived from it
+    batch = env.batch_size[0]  # P x G final samples: the actor's noised states, and the critic's
+
+    def states(reward: nn.Module | None, stream: int) -> DenoisingEnv:  # reference mode on SD's t -> t - 1 chain
+        chain = DenoisingConfig(num_inference_steps=TrainConfig.num_inference_steps, mode="reference")
+        return DenoisingEnv(env.components, env.prompts, batch_size=batch, config=chain, reward=reward,
+                            seed=derive_seed(seed, stream))
+
+    transitions = states(PG_REWARDS[config.reward](), 3)  # steps the critic's explored actions, scoring each
+    critic = QCritic(transitions.latent_shape, env.components.text_encoder.config.hidden_size, inputs=("x0_hat",))
+    return DPGLoss(transitions, UNetActor(actor.unet, guidance_scale=1.0), critic.to(env.device),
+                   DPGConfig(lam=config.lam, warmup_steps=config.warmup_steps), reference_env=states(None, 4), seed=derive_seed(seed, 5))
+
+
 PG_METHODS: dict[str, PGMethod] = {
-    "ddpo": PGMethod(_build_ddpo, from_transitions=True, differentiable_reward=False,
+    "ddpo": PGMethod(_build_ddpo, data="transitions", differentiable_reward=False,
                      summary="PPO-clipped importance ratios, per-prompt normalised advantages"),
-    "grpo": PGMethod(_build_grpo, from_transitions=True, differentiable_reward=False,
+    "grpo": PGMethod(_build_grpo, data="transitions", differentiable_reward=False,
                      summary="group-relative advantages, optional KL to the frozen base model"),
-    "draft": PGMethod(_build_draft, from_transitions=False, differentiable_reward=True,
+    "draft": PGMethod(_build_draft, data="prompts", differentiable_reward=True,
                       summary="DRaFT-K: backpropagate a differentiable reward through the last draft_k steps"),
+    "dpg": PGMethod(_build_dpg, data="samples", differentiable_reward=False,
+                    summary="a critic of the reward of x0_hat on the policy's own noised samples; the U-Net "
+                            "maximises lambda Q plus its eps-MSE on them"),
 }
 """Method name -> `PGMethod`; add entries for more (the config, the CLI and pg_task read this dict)."""
 
@@ -149,14 +185,20 @@ class PolicyGradientConfig:
     prompts: a text file with one prompt per line (blank lines and lines starting with '#' are skipped).
     output_dir: the run folder.
     method: a name in `PG_METHODS`: "ddpo" (PPO-clipped, per-prompt normalised advantages), "grpo" (group-relative,
-        optional KL) or "draft" (backpropagate a differentiable reward through the last ``draft_k`` sampling steps).
+        optional KL), "draft" (backpropagate a differentiable reward through the last ``draft_k`` sampling steps) or
+        "dpg" (a critic of the reward; the module docstring).
     reward: a name in `PG_REWARDS`.
     iterations: collect-then-update rounds.
     prompts_per_batch, samples_per_prompt: P and G of each collection (G >= 2).
     inference_steps, eta: the sampling schedule (DDIM; eta > 0 makes it stochastic, as log-probabilities need).
     guidance_scale: classifier-free guidance of the sampled and trained policy.
-    inner_epochs, minibatch: passes over each collection and transitions per optimizer step (DDPO, GRPO).
+    inner_epochs, minibatch: passes over each collection and transitions per optimizer step (DDPO, GRPO); DPG takes
+        ``inner_epochs`` steps per collection, each on all its P x G samples.
     lr: AdamW learning rate of the U-Net (of its LoRA adapter with ``lora_rank > 0``).
+    lr_critic: AdamW learning rate of DPG's critic (its other settings are `diffrl.objectives.DPGConfig`'s defaults).
+    lam: DPG's weight of -Q(s, mu(s)) in the actor loss.
+    warmup_steps: DPG's actor steps before the actor reads Q (the critic learns meanwhile; lambda then ramps up over
+        `DPGConfig.lam_ramp_steps`).
     lora_rank: LoRA rank of the U-Net's attention projections (DDPO's default way of training); 0 fine-tunes all
         weights. The exported model is then ``pytorch_lora_weights.safetensors``
         (``StableDiffusionPipeline.from_pretrained(pretrained)``, then ``pipe.load_lora_weights(model/)``).
@@ -187,6 +229,9 @@ class PolicyGradientConfig:
     inner_epochs: int = 1
     minibatch: int = 40
     lr: float = 1e-6
+    lr_critic: float = TrainConfig.lr_critic
+    lam: float = DPGConfig.lam
+    warmup_steps: int = DPGConfig.warmup_steps
     lora_rank: int = 0
     grad_clip: float = 1.0
     clip_range: float = 0.2
@@ -213,15 +258,17 @@ class PolicyGradientConfig:
         if not (isinstance(self.samples_per_prompt, int) and self.samples_per_prompt >= 2):
             raise ConfigError(f"samples_per_prompt must be >= 2 (advantages compare the samples of one prompt), "
                               f"got {self.samples_per_prompt!r}.")
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}.")
         if not (isinstance(self.lora_rank, int) and self.lora_rank >= 0):
             raise ConfigError(f"lora_rank must be an integer >= 0 (0: full fine-tuning), got {self.lora_rank!r}.")
-        for name in ("eta", "guidance_scale", "lr", "grad_clip", "clip_range", "kl_weight"):
+        for name in ("eta", "guidance_scale", "lr", "lr_critic", "lam", "grad_clip", "clip_range", "kl_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if self.eta <= 0 or self.lr <= 0 or self.clip_range <= 0:
-            raise ConfigError(f"eta, lr and clip_range must be > 0 (eta = 0 has no log-probabilities), got eta="
-                              f"{self.eta}, lr={self.lr}, clip_range={self.clip_range}.")
+        if self.eta <= 0 or self.lr <= 0 or self.lr_critic <= 0 or self.clip_range <= 0:
+            raise ConfigError(f"eta, lr, lr_critic and clip_range must be > 0 (eta = 0 has no log-probabilities), got "
+                              f"eta={self.eta}, lr={self.lr}, lr_critic={self.lr_critic}, clip_range={self.clip_range}.")
         if self.kl_weight > 0 and self.method != "grpo":
             raise ConfigError("kl_weight is GRPO's KL to the base model: use method='grpo' or kl_weight=0.")
         if self.draft_k > self.inference_steps:
@@ -270,6 +317,7 @@ class PolicyGradientTrainer:
         from diffrl.models import load_sd_components
         from diffrl.training.checkpoint import list_checkpoints
         from diffrl.training.data import derive_seed
+        from diffrl.training.trainer import CriticUpdate
 
         self.config = config
         prompts = read_prompts(config.prompts)
@@ -301,7 +349,12 @@ class PolicyGradientTrainer:
             config.prompts_per_batch, config.samples_per_prompt), seed=derive_seed(seed, 1))
         self.loss = PG_METHODS[config.method].build(config, env, actor)
         self.params = list(self.loss.actor_parameters())
-        self.model, self.optimizer = self.accelerator.prepare(self.loss, torch.optim.AdamW(self.params, lr=config.lr))
+        self.critic_params = list(self.loss.critic_parameters()) if hasattr(self.loss, "critic_parameters") else []
+        groups = [{"params": self.params, "lr": config.lr}]
+        if self.critic_params:
+            groups.append({"params": self.critic_params, "lr": config.lr_critic})
+        self.model, self.optimizer = self.accelerator.prepare(self.loss, torch.optim.AdamW(groups))
+        self.critic_update = self.accelerator.prepare(CriticUpdate(self.loss)) if self.critic_params else None
         self.shuffle = torch.Generator().manual_seed(derive_seed(seed, 2))
         self.iteration = 0
         if existing:
@@ -310,7 +363,8 @@ class PolicyGradientTrainer:
     # ------------------------------------------------------------------ train
     def train_iteration(self) -> dict[str, float]:
         """One iteration (see the module docstring); returns its record (means over optimizer steps and processes)."""
-        if not PG_METHODS[self.config.method].from_transitions:
+        data = PG_METHODS[self.config.method].data
+        if data == "prompts":
             self.collector.draw_prompts()
             env = self.collector.env
             outs = [self._update(TensorDict(prompt_embeds=env.prompt_embeds, batch_size=env.batch_size,
@@ -318,11 +372,15 @@ class PolicyGradientTrainer:
             train_reward = outs[0]["reward"]
         else:
             batch = self.collector.collect()
-            outs = []
-            for _ in range(self.config.inner_epochs):
-                order = torch.randperm(len(batch), generator=self.shuffle)
-                outs += [self._update(minibatch) for minibatch in batch[order].split(self.config.minibatch)]
             train_reward = batch["final_reward"].float().mean()
+            if data == "samples":
+                samples = self._final_samples(batch)
+                outs = [self._update(samples) for _ in range(self.config.inner_epochs)]
+            else:
+                outs = []
+                for _ in range(self.config.inner_epochs):
+                    order = torch.randperm(len(batch), generator=self.shuffle)
+                    outs += [self._update(minibatch) for minibatch in batch[order].split(self.config.minibatch)]
         self.iteration += 1
         samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt * self.world
         record = {"iteration": self.iteration, "samples": samples, "train_reward": self._mean(train_reward)}
@@ -330,20 +388,53 @@ class PolicyGradientTrainer:
         record.update(mean_over_processes(self.accelerator, logs))
         return record
 
+    def _final_samples(self, transitions: TensorDict) -> TensorDict:
+        """The collection's final samples ``[P * G]``: ``"x0"`` (x_0 of each trajectory) with its prompt's
+        ``"prompt_embeds"`` and ``"negative_prompt_embeds"``, in the collector env's row order. The loss's envs get
+        the same prompts (a reward that reads the prompt scores each row against its own)."""
+        final = transitions[transitions["next", "done"].squeeze(-1)]
+        prompts = self.collector.env.prompts
+        if len(final) != len(prompts):
+            raise RuntimeError(f"Expected one final transition per trajectory ({len(prompts)}), got {len(final)}.")
+        for env in (self.loss.env, self.loss.reference_env):
+            env.set_prompts(prompts)
+        return TensorDict(x0=final["next", "latents"], prompt_embeds=final["prompt_embeds"],
+                          negative_prompt_embeds=final["negative_prompt_embeds"], batch_size=[len(final)])
+
     def _update(self, batch: TensorDict) -> TensorDict:
-        """One optimizer step of the loss on ``batch``; returns its detached outputs and the gradient norm."""
+        """One optimizer step of the loss on ``batch`` (every ``loss_*`` term, each moving its own parameters), the
+        target critic's update and the critic-only updates; returns the detached outputs and the gradient norms."""
         with self.accelerator.autocast():
             out = self.model(batch)
-        loss = out["loss_actor"]
-        if not math.isfinite(self._mean(loss.detach().float())):
-            raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: {float(loss)}; "
-                                     "lower lr or check the reward.")
-        self.accelerator.backward(loss)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        terms = {key: value for key, value in out.items() if key.startswith("loss_")}
+        total = sum(terms.values())
+        if not math.isfinite(self._mean(total.detach().float())):
+            raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: "
+                                     f"{ {key: float(value) for key, value in terms.items()} }; lower lr or check the reward.")
+        self.accelerator.backward(total)
+        norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip).float()}
+        if self.critic_params:
+            norms["grad_norm_critic"] = torch.nn.utils.clip_grad_norm_(self.critic_params, CRITIC_GRAD_CLIP).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if getattr(self.loss, "target_updater", None) is not None:
+            self.loss.target_updater.step()
+        for _ in range(getattr(self.loss, "auxiliary_updates", 0)):
+            self._critic_step()
         logged = {key: value.detach().float() for key, value in out.items()}
-        return TensorDict({**logged, "grad_norm": norm.float()}, batch_size=[])
+        return TensorDict({**logged, **norms}, batch_size=[])
+
+    def _critic_step(self) -> None:
+        """One critic-only update (`DPGLoss.auxiliary_loss`); the actor's gradients stay None, so AdamW leaves it."""
+        loss = self.critic_update()["loss_critic"]
+        if not math.isfinite(self._mean(loss.detach().float())):
+            raise FloatingPointError(f"Non-finite critic loss at iteration {self.iteration + 1}; lower lr_critic or "
+                                     "check the reward.")
+        self.accelerator.backward(loss)
+        torch.nn.utils.clip_grad_norm_(self.critic_params, CRITIC_GRAD_CLIP)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss.target_updater.step()
 
     def _mean(self, value: Tensor) -> float:
         """The mean of a 0-d tensor over processes."""
@@ -376,10 +467,16 @@ class PolicyGradientTrainer:
         from diffrl.training.rng import capture_rng
 
         trained = {name: p.detach().clone() for name, p in self.components.unet.named_parameters() if p.requires_grad}
-        ranks = per_process(self.accelerator, {"collector": self.collector.state_dict(), "rng": capture_rng(self._generators())})
+        own = {"collector": self.collector.state_dict(), "rng": capture_rng(self._generators())}
+        if hasattr(self.loss, "collection_state"):  # DPG's replay buffer
+            own["collection"] = self.loss.collection_state()
+        ranks = per_process(self.accelerator, own)
+        shared = {p.data_ptr() for p in self.components.unet.parameters()}
+        loss_state = {key: value.detach().clone() for key, value in self.loss.state_dict(keep_vars=True).items()
+                      if value.data_ptr() not in shared and (not isinstance(value, nn.Parameter) or value.requires_grad)}
         checkpoint = Checkpoint(
             step=self.iteration,
-            tensors={"unet": trained},
+            tensors={"unet": trained, "loss": loss_state},  # "loss": the critic and its targets (DPG)
             states={"optimizer": self.optimizer.state_dict(), "ranks": ranks},
             meta={"config": dataclasses.asdict(self.config), "world_size": self.world},
         )
@@ -407,14 +504,24 @@ class PolicyGradientTrainer:
         with torch.no_grad():
             for name, value in checkpoint.tensors["unet"].items():
                 params[name].copy_(value)
+        result = self.loss.load_state_dict(checkpoint.tensors.get("loss", {}), strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"Checkpoint '{path}' has loss-module entries this run lacks: {result.unexpected_keys[:5]}.")
         self.optimizer.load_state_dict(checkpoint.states["optimizer"])
         own = checkpoint.states["ranks"][self.rank]
         self.collector.load_state_dict(own["collector"])
+        if hasattr(self.loss, "load_collection_state"):
+            self.loss.load_collection_state(own["collection"])
         restore_rng(own["rng"], self._generators())
         self.iteration = checkpoint.step
 
     def _generators(self) -> dict[str, torch.Generator]:
-        return {"env": self.collector.env.rng, "shuffle": self.shuffle}
+        """Every generator the run draws from: the collector env's, the minibatch order's and the loss's own (DPG's
+        exploration and replay sampling, its envs' noising)."""
+        generators = {"env": self.collector.env.rng, "shuffle": self.shuffle}
+        known = {id(gen) for gen in generators.values()}
+        generators.update({f"loss.{name}": gen for name, gen in find_generators(self.loss).items() if id(gen) not in known})
+        return generators
 
     def export(self) -> Path:
         """The fine-tuned pipeline in ``model/`` (`StableDiffusionPipeline.from_pretrained`), or with ``lora_rank``
