@@ -1,4 +1,4 @@
-"""``diffrl train``: fine-tuning over a prompt file on a reward: DDPO, GRPO (black-box) or DRaFT-K (differentiable)."""
+"""``diffrl train``: fine-tuning over a prompt file on a reward: DDPO, GRPO, DPG (black-box) or DRaFT-K (differentiable)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ EPILOG = """examples:
   diffrl train --method ddpo --pretrained PATH --prompts prompts.txt --reward jpeg --output-dir runs/ddpo
   diffrl train --method grpo --kl-weight 0.01 ... --output-dir runs/grpo --resume   # continue a run
   diffrl train --method draft --draft-k 1 --reward red ... --output-dir runs/draft
+  diffrl train --method dpg --lam 1 --lr-critic 1e-3 --reward context ... --output-dir runs/dpg   # a critic of the reward
 
   diffrl train --method ddpo --lora-rank 4 --lr 3e-4 ... --output-dir runs/ddpo_lora   # a LoRA adapter only
 
@@ -21,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     from diffrl.training.policy_gradient import PolicyGradientConfig, pg_choices
 
     parser = subparsers.add_parser(
-        "train", help="reward fine-tuning over prompts (DDPO, GRPO, DRaFT-K)",
+        "train", help="reward fine-tuning over prompts (DDPO, GRPO, DPG, DRaFT-K)",
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_arguments(parser, PolicyGradientConfig, choices=pg_choices())
