@@ -15,9 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from diffrl.zoo.render import render, sample_spec
+from diffrl.zoo.render import SceneSpec, render, sample_spec
 from diffrl.zoo.training.common import cosine_lr, log, n_params, optimizer_step, seed_all, written_atomically
-from diffrl.zoo.world import CONTEXTS
+from diffrl.zoo.world import COLOURS, CONTEXTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,6 +43,7 @@ class DINOTrainConfig:
     crop_scale: tuple[float, float] = field(default=(0.4, 1.0))
     pool_scenes: int = 8000  # scenes in the view pool, each rendered over `backdrops` different contexts
     backdrops: int = 3
+    recolour: float = 0.0  # probability that a further render of a scene gives the glyph another colour
     seed: int = 0
 
     def timm_kwargs(self) -> dict:
@@ -72,7 +73,8 @@ class DINOHead(nn.Module):
 def augment(x: torch.Tensor, gen: torch.Generator, scale: tuple[float, float]) -> torch.Tensor:
     """Random resized crop + horizontal flip as one batched affine warp: ``[B, 3, 64, 64]`` in [0, 1] -> same.
 
-    No colour jitter or grayscale: in this world a glyph's colour is part of its identity."""
+    No colour jitter or grayscale: colour invariance, where wanted, comes from the world's own recolouring
+    (`DINOTrainConfig.recolour`)."""
     b = x.shape[0]
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=gen)  # noqa: E731
     area, logr = u(*scale), u(math.log(3 / 4), math.log(4 / 3))
@@ -84,17 +86,31 @@ def augment(x: torch.Tensor, gen: torch.Generator, scale: tuple[float, float]) -
     return F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
 
 
-def backdrop_pool(n: int, backdrops: int, seed: int) -> torch.Tensor:
-    """``n`` random pretraining scenes, each rendered over ``backdrops`` different contexts with the same glyph,
-    colour and pose: uint8 ``[n, backdrops, 3, 64, 64]``. Two renders of one scene are two views of it
-    (background augmentation, Ryali et al. 2021, done with the renderer; no labels are used)."""
-    rng, contexts = np.random.default_rng(seed), list(CONTEXTS)
+def pool_specs(n: int, backdrops: int, seed: int, recolour: float = 0.0) -> list[list[SceneSpec]]:
+    """``n`` random pretraining scenes, each as ``backdrops`` renders over different contexts with the same glyph and
+    pose. Each further render keeps the scene's colour, or with probability ``recolour`` draws the glyph's colour
+    anew (its own or one of `COLOURS`): the world's own colour change as a view augmentation, so that identity is
+    carried by shape as well as colour (real DINO's colour jitter plays this part). ``recolour=0`` draws exactly the
+    stream of a build without the option."""
+    rng, contexts, colours = np.random.default_rng(seed), list(CONTEXTS), [None, *COLOURS]
     pool = []
     for _ in range(n):
         spec = sample_spec(rng)
         others = rng.choice([c for c in contexts if c != spec.context], backdrops - 1, replace=False)
-        specs = [spec] + [replace(spec, context=str(c), seed=int(rng.integers(2**31))) for c in others]
-        pool.append(np.stack([np.asarray(render(x)) for x in specs]))
+        views = [spec]
+        for context in others:
+            view = replace(spec, context=str(context), seed=int(rng.integers(2**31)))
+            if recolour > 0 and rng.random() < recolour:
+                view = replace(view, colour=colours[int(rng.integers(len(colours)))])
+            views.append(view)
+        pool.append(views)
+    return pool
+
+
+def backdrop_pool(n: int, backdrops: int, seed: int, recolour: float = 0.0) -> torch.Tensor:
+    """The renders of `pool_specs`: uint8 ``[n, backdrops, 3, 64, 64]``. Two renders of one scene are two views of
+    it (background augmentation, Ryali et al. 2021, done with the renderer; no labels are used)."""
+    pool = [np.stack([np.asarray(render(view)) for view in views]) for views in pool_specs(n, backdrops, seed, recolour)]
     return torch.from_numpy(np.stack(pool)).permute(0, 1, 4, 2, 3).contiguous()
 
 
@@ -116,7 +132,7 @@ def train_dino(out_dir: Path, cfg: DINOTrainConfig = DINOTrainConfig()) -> dict:
     each scene, rendered over different backdrops and each augmented. Saves the teacher backbone to
     ``out_dir/model.safetensors`` and the timm arguments to ``out_dir/timm.json``."""
     gen = seed_all(cfg.seed)
-    pool = backdrop_pool(cfg.pool_scenes, cfg.backdrops, cfg.seed)
+    pool = backdrop_pool(cfg.pool_scenes, cfg.backdrops, cfg.seed, cfg.recolour)
     log.info("dino(seed %d): %d scenes x %d backdrops rendered", cfg.seed, *pool.shape[:2])
     backbone = timm.create_model("vit_small_patch16_224", pretrained=False, **cfg.timm_kwargs())
     student = nn.Sequential(backbone, DINOHead(cfg.embed_dim, cfg.out_dim))

@@ -1,0 +1,164 @@
+"""DINO variants of the emoji zoo: train the zoo's DINO with a changed `DINOTrainConfig`, then score it as an evaluator.
+
+The generations are not made again: the variant rescores the images that a personalisation measurement saved
+(``--generations``: the zoo build's ``build/zoo/personalisation``, or the ``--out`` of
+``benchmarks/zoo_personalisation.py``), so every variant judges the same pictures. Reported, per bundled subject
+and as means:
+
+- ``dino``: mean cosine of the personalised model's generations to the references (all prompts; the build's
+  ``dino``), split into ``dino_context`` (prompts naming no colour: the subject in a new context) and ``dino_colour``
+  (prompts that recolour it); ``retrieval`` / ``retrieval_context``: how often the nearest subject is the right one;
+- ``base_dino_context`` / ``base_dino_colour``: the same for the base model's generations (what the prompts score
+  without personalisation); ``dino_instance``: the training prompt's generations;
+- ``dino_blank`` (a flat image in the references' backdrop colour) and ``vae_dino_ceiling`` (the references' VAE
+  reconstructions), as in the build record;
+- ``identity``: the build's identity retrieval of held-out subjects rendered in new scenes (new contexts, and the
+  plain backdrop), the zoo's DINO target (>= 0.90).
+
+    python benchmarks/zoo_dino_ablation.py --name shipped --measure diffrl/zoo/weights/emoji/dino --json runs/dino/shipped.json
+    python benchmarks/zoo_dino_ablation.py --name recolour05 --set recolour=0.5 --json runs/dino/recolour05.json
+
+Trained variants go to ``--out/NAME`` (default ``runs/dino``); nothing is written into the shipped weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from diffrl.data.images import load_image_tensor  # noqa: E402
+from diffrl.evaluation import Subject, load_dreambench  # noqa: E402
+from diffrl.evaluation.metrics import mean_reference_similarity  # noqa: E402
+from diffrl.io import atomic_write_text  # noqa: E402
+from diffrl.models import DINOEncoder, load_sd_components  # noqa: E402
+from diffrl.zoo.registry import DINOSpec, load  # noqa: E402
+from diffrl.zoo.training.dino import DINOTrainConfig, train_dino  # noqa: E402
+from diffrl.zoo.training.evaluate import identity_retrieval  # noqa: E402
+from diffrl.zoo.training.personalisation import blank_floor, references, vae_ceiling  # noqa: E402
+from diffrl.zoo.world import COLOURS, CONTEXTS  # noqa: E402
+
+from zoo_personalisation import parse_value  # noqa: E402
+
+
+def is_colour_prompt(prompt: str) -> bool:
+    """Whether a subject prompt recolours the subject (names one of the world's colours)."""
+    return any(word in COLOURS for word in prompt.split())
+
+
+def saved_generations(folder: Path, subject: Subject) -> dict[str, torch.Tensor]:
+    """``{"context", "colour"}`` -> the images ``[N, 3, H, W]`` that `diffrl.evaluation.evaluate` saved in ``folder``
+    for ``subject``, split by prompt kind (``PP_I.png``: image I of prompt PP, in the order of ``report.json``)."""
+    images = sorted((folder / "images" / subject.name).glob("*.png"))
+    reported = [s for s in json.loads((folder / "report.json").read_text())["subjects"] if s["name"] == subject.name]
+    if not images or not reported:
+        raise FileNotFoundError(f"No saved generations of {subject.name} under {folder}: run a personalisation "
+                                "measurement with save_images (the zoo build's eval stage does).")
+    prompts = reported[0]["prompts"]
+    kinds: dict[str, list[Path]] = {"context": [], "colour": []}
+    for path in images:
+        prompt = prompts[int(path.stem.split("_")[0])]["prompt"]
+        kinds["colour" if is_colour_prompt(prompt) else "context"].append(path)
+    return {kind: load_image_tensor(paths) for kind, paths in kinds.items() if paths}
+
+
+def latest_eval(run: Path) -> Path:
+    """The last ``eval_NNNNNN`` folder of a personalisation run (its final model's scores)."""
+    evals = sorted(run.glob("eval_[0-9]*"))
+    if not evals:
+        raise FileNotFoundError(f"No eval_NNNNNN folder under {run}.")
+    return evals[-1]
+
+
+@torch.no_grad()
+def score(dino_dir: Path, generations: Path) -> dict:
+    """Every figure of the module docstring for the DINO in ``dino_dir`` (a ``timm.json`` + safetensors folder)."""
+    zoo = load("emoji")
+    spec = DINOSpec.from_dir(dino_dir)
+    dino = DINOEncoder.from_pretrained(spec.model_name, weights=spec.file, **spec.kwargs)
+    subjects = load_dreambench(zoo.subjects)
+    galleries = {s.name: dino(references(s)).float() for s in subjects}
+    vae = load_sd_components(str(zoo.sd)).vae
+
+    def similarity(images: torch.Tensor, name: str) -> float:
+        return mean_reference_similarity(dino(images).float(), galleries[name]).mean().item()
+
+    def hits(images: torch.Tensor, name: str) -> float:
+        features = dino(images).float()
+        scores = torch.stack([mean_reference_similarity(features, g) for g in galleries.values()], dim=1)
+        return (scores.argmax(1) == list(galleries).index(name)).double().mean().item()
+
+    rows = {}
+    for subject in subjects:
+        final = latest_eval(generations / "runs" / subject.name)
+        tuned, base = saved_generations(final, subject), saved_generations(generations / "base", subject)
+        everything = torch.cat(list(tuned.values()))
+        row = {"dino": similarity(everything, subject.name), "retrieval": hits(everything, subject.name),
+               "dino_context": similarity(tuned["context"], subject.name),
+               "retrieval_context": hits(tuned["context"], subject.name),
+               "dino_colour": similarity(tuned["colour"], subject.name),
+               "base_dino_context": similarity(base["context"], subject.name),
+               "base_dino_colour": similarity(base["colour"], subject.name),
+               "dino_instance": similarity(saved_generations(final / "instance", subject)["context"], subject.name),
+               "dino_blank": blank_floor(dino, subject),
+               "vae_dino_ceiling": vae_ceiling(vae, dino, subject)["vae_dino_ceiling"]}
+        rows[subject.name] = {key: round(value, 4) for key, value in row.items()}
+    means = {f"mean_{key}": round(statistics.fmean(r[key] for r in rows.values()), 4) for key in next(iter(rows.values()))}
+    model = spec.create()
+    contexts = [c for c in CONTEXTS if c != "plain"]
+    identity = {"new_contexts": identity_retrieval(model, contexts), "plain_backdrop": identity_retrieval(model, ["plain"])}
+    return {"subjects": rows, **means, "min_vae_dino_ceiling": min(r["vae_dino_ceiling"] for r in rows.values()),
+            "identity": identity}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--json", type=Path, required=True, help="where the figures are written")
+    parser.add_argument("--out", type=Path, default=Path("runs/dino"), help="trained variants go to OUT/NAME")
+    parser.add_argument("--measure", type=Path, help="score this DINO folder instead of training one")
+    parser.add_argument("--generations", type=Path, default=Path("build/zoo/personalisation"),
+                        help="a personalisation measurement's folder (base/ and runs/SUBJECT/eval_*)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="DINOTrainConfig overrides")
+    parser.add_argument("--seed", type=int, default=0, help="the DINO's training seed (the shipped 'dino' is 0)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("diffrl.zoo.build").setLevel(logging.INFO)
+    if not (args.generations / "base").is_dir():
+        parser.error(f"--generations {args.generations} has no base/ folder: give the folder of a personalisation "
+                     "measurement (the zoo build's build/zoo/personalisation, or zoo_personalisation.py's --out).")
+    start = time.perf_counter()
+    result: dict = {"name": args.name}
+    if args.measure is not None:
+        folder = args.measure
+    else:
+        overrides = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            overrides[key] = parse_value(value)
+        config = replace(DINOTrainConfig(seed=args.seed), **overrides)
+        folder = args.out / args.name
+        result["train"] = {**train_dino(folder, config), "config": asdict(config)}
+    result["train_seconds"] = round(time.perf_counter() - start, 1)
+    result.update(score(folder, args.generations))
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    summary = {k: v for k, v in result.items() if k.startswith(("mean_", "min_"))}
+    print(json.dumps({"name": args.name, **summary, "identity": result["identity"]}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
