@@ -45,14 +45,9 @@ from diffrl.zoo.registry import DINOSpec, load  # noqa: E402
 from diffrl.zoo.training.dino import DINOTrainConfig, train_dino  # noqa: E402
 from diffrl.zoo.training.evaluate import identity_retrieval  # noqa: E402
 from diffrl.zoo.training.personalisation import blank_floor, references, vae_ceiling  # noqa: E402
-from diffrl.zoo.world import COLOURS, CONTEXTS  # noqa: E402
+from diffrl.zoo.world import CONTEXTS, prompt_colour  # noqa: E402
 
 from zoo_personalisation import parse_value  # noqa: E402
-
-
-def is_colour_prompt(prompt: str) -> bool:
-    """Whether a subject prompt recolours the subject (names one of the world's colours)."""
-    return any(word in COLOURS for word in prompt.split())
 
 
 def saved_generations(folder: Path, subject: Subject) -> dict[str, torch.Tensor]:
@@ -67,7 +62,7 @@ def saved_generations(folder: Path, subject: Subject) -> dict[str, torch.Tensor]
     kinds: dict[str, list[Path]] = {"context": [], "colour": []}
     for path in images:
         prompt = prompts[int(path.stem.split("_")[0])]["prompt"]
-        kinds["colour" if is_colour_prompt(prompt) else "context"].append(path)
+        kinds["context" if prompt_colour(prompt) is None else "colour"].append(path)
     return {kind: load_image_tensor(paths) for kind, paths in kinds.items() if paths}
 
 

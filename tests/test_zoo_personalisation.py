@@ -15,6 +15,7 @@ from diffrl.zoo.training.card import _personalisation, _targets
 from diffrl.zoo.training.personalisation import (
     PersonalisationConfig,
     blank_floor,
+    by_prompt_kind,
     retrieval,
     settings,
     vae_ceiling,
@@ -105,3 +106,19 @@ def test_the_card_shows_the_table_and_judges_the_targets():
     low = _targets({"eval": {"personalisation": _record(0.29, 0.98)}}, BuildTime(60.0, True, ""))
     assert "mean DINO: 0.29 (target >= 0.6): **MISSED**" in low
     assert "Not measured" in _personalisation({})
+
+
+def test_scores_split_into_new_context_prompts_and_recolouring_prompts():
+    from diffrl.evaluation.protocol import PromptResult, SubjectResult
+    from diffrl.zoo.world import prompt_colour
+
+    assert [prompt_colour(p) for p in ("a purple sks dog on the beach", "a sks dog in the snow", "a red dog")] == [
+        "purple", None, "red"]
+    prompts = [PromptResult("a sks dog in the snow", "a dog in the snow", 0, {"DINO": [0.8, 0.6], "CLIP-T": [0.3, 0.3]}),
+               PromptResult("a blue sks dog", "a blue dog", 2, {"DINO": [0.1, -0.1], "CLIP-T": [0.5, 0.7]}),
+               PromptResult("a sks dog on the beach", "a dog on the beach", 4, {"DINO": [0.5, 0.5], "CLIP-T": [0.2, 0.4]})]
+    result = SubjectResult("dog", "dog", "sks", True, 4, prompts, "grid.png")
+    assert by_prompt_kind(result) == pytest.approx({"dino_context": 0.6, "clip_t_context": 0.3,
+                                                    "dino_colour": 0.0, "clip_t_colour": 0.6})
+    assert by_prompt_kind(SubjectResult("dog", "dog", "sks", True, 4, prompts[:1], "g.png")) == pytest.approx(
+        {"dino_context": 0.7, "clip_t_context": 0.3})

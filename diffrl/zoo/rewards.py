@@ -7,14 +7,7 @@ from torch import Tensor
 
 from diffrl.rewards.base import Reward, RewardInputs
 from diffrl.zoo.checker import context_scores
-from diffrl.zoo.world import CONTEXTS
-
-
-def prompt_context(prompt: str) -> str:
-    """The context a zoo caption asks for (a key of `CONTEXTS`; ``"plain"`` when it names none):
-    ``prompt_context("a dog in the snow") == "snow"``."""
-    named = [name for name, phrase in CONTEXTS.items() if phrase and prompt.endswith(" " + phrase)]
-    return named[0] if named else "plain"
+from diffrl.zoo.world import prompt_context
 
 
 class ContextReward(Reward):

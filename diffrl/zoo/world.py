@@ -96,6 +96,20 @@ def with_identifier(text: str, noun: str, identifier: str) -> str:
     return f"{head} {identifier} {noun}{tail}"
 
 
+def prompt_context(prompt: str) -> str:
+    """The context a zoo caption asks for (a key of `CONTEXTS`; ``"plain"`` when it names none):
+    ``prompt_context("a dog in the snow") == "snow"``."""
+    named = [name for name, phrase in CONTEXTS.items() if phrase and prompt.endswith(" " + phrase)]
+    return named[0] if named else "plain"
+
+
+def prompt_colour(prompt: str) -> str | None:
+    """The colour a zoo caption gives its subject (a key of `COLOURS`), or ``None``:
+    ``prompt_colour("a purple sks dog on the beach") == "purple"``."""
+    named = [word for word in prompt.split() if word in COLOURS]
+    return named[0] if named else None
+
+
 def caption_corpus() -> list[str]:
     """Every caption the world can produce (plus subject-style prompts), for tokenizer training."""
     out = []

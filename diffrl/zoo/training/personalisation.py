@@ -10,6 +10,8 @@ Per subject (``eval.personalisation.subjects[NAME]`` of the build record):
   references), i.e. the best ``dino`` any U-Net could reach through this VAE; ``vae_psnr``: PSNR (dB) of those
   reconstructions;
 - ``clip_t`` / ``clip_t_base``: CLIP-T of the personalised and of the base model on the same prompts and seeds;
+- ``dino_context`` / ``dino_colour`` (and CLIP-T): ``dino`` over the prompts in new contexts and over the prompts
+  that recolour the subject (this DINO counts colour as identity: a recoloured subject drawn as asked scores ~0);
 - ``dino_blank``: zoo-DINO cosine to the references of flat images in the references' backdrop colour, the score
   of an empty generation (on the v1 zoo 0.99 for the pale poodle, since replaced: its ``dino`` and ceiling meant little).
 
@@ -32,9 +34,10 @@ from torch import Tensor
 from diffrl.data.images import list_images, load_image_tensor
 from diffrl.evaluation import EvaluationConfig, EvaluationEncoders, Subject, evaluate, load_dreambench
 from diffrl.evaluation.metrics import mean_reference_similarity, paired_similarity
-from diffrl.evaluation.protocol import ImageEncoder
+from diffrl.evaluation.protocol import ImageEncoder, PromptResult, SubjectResult
 from diffrl.models import decode_latents, encode_images, load_sd_components
 from diffrl.zoo.registry import ZooPaths
+from diffrl.zoo.world import prompt_colour
 
 log = logging.getLogger("diffrl.zoo.build")
 
@@ -151,7 +154,9 @@ def personalise(zoo: ZooPaths, subject: Subject, encoders: EvaluationEncoders, g
 def _score(components, subject: Subject, encoders: EvaluationEncoders, galleries: dict[str, Tensor],
            evaluation: EvaluationConfig, out: Path) -> dict[str, float]:
     """DreamBench scores and retrieval on the subject's prompts; ``dino_instance``: DINO of 4 generations of the
-    training prompt itself (how well the subject was fitted, apart from new contexts)."""
+    training prompt itself (how well the subject was fitted, apart from new contexts); ``dino_context`` /
+    ``clip_t_context`` and ``dino_colour`` / ``clip_t_colour``: the means over the prompts that keep the subject's
+    colour (new contexts) and over those that recolour it (`by_prompt_kind`)."""
     report = evaluate(components, [subject], encoders, evaluation, out, overwrite=True)
     means = report.subjects[0].means
     hit = retrieval(encoders.dino, generated_images(out, subject), galleries, subject.name)
@@ -160,7 +165,23 @@ def _score(components, subject: Subject, encoders: EvaluationEncoders, galleries
                    out / "instance", overwrite=True)
     return {"dino": round(means["DINO"], 4), "dino_heldout": round(means["DINO (held-out)"], 4),
             "clip_t": round(means["CLIP-T"], 4), "retrieval": round(hit, 4),
-            "dino_instance": round(fit.subjects[0].means["DINO"], 4)}
+            "dino_instance": round(fit.subjects[0].means["DINO"], 4), **by_prompt_kind(report.subjects[0])}
+
+
+def by_prompt_kind(result: SubjectResult) -> dict[str, float]:
+    """``dino_KIND`` and ``clip_t_KIND`` of one subject's evaluation for KIND ``context`` (prompts naming no colour)
+    and ``colour`` (prompts that recolour the subject, `diffrl.zoo.world.prompt_colour`), when it has such prompts.
+    The zoo's DINO counts a glyph's colour as part of its identity, so a recoloured subject scores near 0 even when it
+    is drawn exactly as asked: the ``context`` figures are the ones that measure identity."""
+    kinds: dict[str, list[PromptResult]] = {"context": [], "colour": []}
+    for prompt in result.prompts:
+        kinds["context" if prompt_colour(prompt.prompt) is None else "colour"].append(prompt)
+    out = {}
+    for kind, prompts in kinds.items():
+        for metric, key in (("DINO", "dino"), ("CLIP-T", "clip_t")):
+            if prompts:
+                out[f"{key}_{kind}"] = round(statistics.fmean(v for p in prompts for v in p.scores[metric]), 4)
+    return out
 
 
 def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig | None = None) -> dict[str, Any]:
@@ -187,7 +208,9 @@ def measure_personalisation(zoo: ZooPaths, out: Path, cfg: PersonalisationConfig
         row.update(personalise(zoo, subject, encoders, galleries, cfg, out / "runs" / subject.name))
         subjects[subject.name] = row
     mean = lambda key: round(statistics.fmean(r[key] for r in subjects.values()), 4)  # noqa: E731
-    return {"subjects": subjects, "mean_dino": mean("dino"), "mean_retrieval": mean("retrieval"),
+    kinds = {f"mean_{key}": mean(key) for key in ("dino_context", "dino_colour")
+             if all(key in r for r in subjects.values())}
+    return {"subjects": subjects, "mean_dino": mean("dino"), "mean_retrieval": mean("retrieval"), **kinds,
             "clip_t": mean("clip_t"), "clip_t_base": mean("clip_t_base"),
             "mean_vae_dino_ceiling": mean("vae_dino_ceiling"),
             "min_vae_dino_ceiling": min(r["vae_dino_ceiling"] for r in subjects.values()),
