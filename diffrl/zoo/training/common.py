@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from diffrl.io import atomic_write
-from diffrl.zoo.render import render_dataset
+from diffrl.zoo.render import SceneSpec, render_dataset
 from diffrl.zoo.world import IDENTIFIER_POOL, with_identifier
 
 log = logging.getLogger("diffrl.zoo.build")
@@ -50,6 +50,13 @@ class WorldData:
     def tensor(self, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Images ``idx`` as float ``[b, 3, 64, 64]`` in [0, 1]."""
         return torch.from_numpy(self.images[np.asarray(idx)]).permute(0, 3, 1, 2).float() / 255.0
+
+    def extended(self, rendered: tuple[np.ndarray, list[SceneSpec]]) -> WorldData:
+        """This corpus followed by more scenes (`diffrl.zoo.render.render_dataset`'s images and specs)."""
+        images, specs = rendered
+        return WorldData(np.concatenate([self.images, images]), self.captions + [s.caption for s in specs],
+                         self.nouns + [s.glyph.noun for s in specs], self.glyphs + [s.glyph.name for s in specs],
+                         self.contexts + [s.context for s in specs])
 
 
 def world_data(cache_dir: Path, n: int = 24000, seed: int = 0) -> WorldData:
