@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -105,10 +106,11 @@ def toy_build(tmp_path) -> ZooBuildConfig:
     return ZooBuildConfig(
         weights=tmp_path / "weights", cache=tmp_path / "cache", subjects=tmp_path / "subjects", world_scenes=48,
         clip=CLIPTrainConfig(hidden=32, layers=1, heads=2, projection_dim=16, steps=2, batch=8, vision_patch=16,
-                             vision_steps=2, recon_images=8),
+                             vision_steps=2, recon_images=8, subject_scenes=6),
         vae=VAETrainConfig(channels=(8, 8, 8, 8), steps=2, batch=4),  # no decoder stage, as the build's default
         unet=UNetTrainConfig(channels=(32, 32, 32), steps=2, batch=4),
-        dino=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6, seed=0),
+        dino=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6, seed=0,
+                             recolour=0.5),
         dino_eval=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6,
                                   seed=1),
         personalisation=PersonalisationConfig(
@@ -130,6 +132,7 @@ def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(
     for stage in STAGES:
         run_stage(stage, cfg)
     assert all(cfg.record_path(s).exists() for s in STAGES if s != "card")
+    assert json.loads(cfg.record_path("clip_vision").read_text())["clip_vision"]["subject_scenes"] == 6
     pipe = StableDiffusionPipeline.from_pretrained(cfg.weights / "sd")
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a sks dog in the snow", num_inference_steps=2, output_type="pt").images
@@ -182,3 +185,19 @@ def test_stages_starting_together_share_one_complete_world_cache(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert outs[0] == outs[1] and len(outs[0]) == 64
     assert sorted(f.name for f in tmp_path.iterdir()) == ["world_40_3.lock", "world_40_3.npz"]  # no partial file
+
+
+def test_world_data_extended_by_subject_scenes_keeps_images_and_labels_aligned():
+    from diffrl.zoo.render import render_dataset
+    from diffrl.zoo.training.common import WorldData
+    from diffrl.zoo.world import SUBJECTS
+
+    images, specs = render_dataset(3, seed=0)
+    world = WorldData(images, [s.caption for s in specs], [s.glyph.noun for s in specs],
+                      [s.glyph.name for s in specs], [s.context for s in specs])
+    subjects = render_dataset(2, seed=1, glyphs=SUBJECTS)
+    extended = world.extended(subjects)
+    assert len(extended.images) == len(extended.captions) == len(extended.glyphs) == 5
+    assert np.array_equal(extended.images[3:], subjects[0]) and extended.captions[:3] == world.captions
+    assert extended.glyphs[3:] == [s.glyph.name for s in subjects[1]] and all(g.subject for g in (s.glyph for s in subjects[1]))
+    assert extended.captions[3] == subjects[1][0].caption and "sks" not in extended.captions[3]
