@@ -37,7 +37,6 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 from transformers import CLIPModel, CLIPTokenizer  # noqa: E402
 
-from diffrl.data.images import list_images, load_image_tensor  # noqa: E402
 from diffrl.evaluation import load_dreambench  # noqa: E402
 from diffrl.evaluation.metrics import paired_similarity, remove_identifier  # noqa: E402
 from diffrl.io import atomic_write_text  # noqa: E402
@@ -47,7 +46,8 @@ from diffrl.zoo.render import render, sample_spec  # noqa: E402
 from diffrl.zoo.training.clip import CLIPTrainConfig, refine_clip_vision  # noqa: E402
 from diffrl.zoo.training.common import world_data  # noqa: E402
 from diffrl.zoo.training.evaluate import clip_zero_shot, prompt_following, to_tensor  # noqa: E402
-from diffrl.zoo.world import CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS, caption, prompt_colour  # noqa: E402
+from diffrl.zoo.training.personalisation import saved_by_prompt_kind  # noqa: E402
+from diffrl.zoo.world import CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS, caption  # noqa: E402
 
 from zoo_personalisation import parse_value  # noqa: E402
 
@@ -87,17 +87,13 @@ def generations(clip: CLIPEncoder, folder: Path) -> dict:
         row = {}
         final = sorted((folder / "runs" / subject.name).glob("eval_[0-9]*"))[-1]
         for model, where in (("base", folder / "base"), ("tuned", final)):
-            report = json.loads((where / "report.json").read_text())
-            prompts = next(s for s in report["subjects"] if s["name"] == subject.name)["prompts"]
-            paths = list_images(where / "images" / subject.name)
-            texts = [remove_identifier(prompts[int(p.stem.split("_")[0])]["prompt"], subject.identifier) for p in paths]
-            scores = paired_similarity(clip.encode_images(load_image_tensor(paths)).float(),
-                                       clip.encode_texts(texts).float()).tolist()
-            for kind in ("context", "colour"):
-                chosen = [s for s, t in zip(scores, texts) if (prompt_colour(t) is None) == (kind == "context")]
-                if chosen:
-                    row[f"{model}_clip_t_{kind}"] = round(statistics.fmean(chosen), 4)
-            row[f"{model}_clip_t"] = round(statistics.fmean(scores), 4)
+            everything = []
+            for kind, (images, prompts) in saved_by_prompt_kind(where, subject).items():
+                texts = [remove_identifier(prompt, subject.identifier) for prompt in prompts]
+                scores = paired_similarity(clip.encode_images(images).float(), clip.encode_texts(texts).float()).tolist()
+                row[f"{model}_clip_t_{kind}"] = round(statistics.fmean(scores), 4)
+                everything += scores
+            row[f"{model}_clip_t"] = round(statistics.fmean(everything), 4)
         rows[subject.name] = row
     keys = next(iter(rows.values())).keys()
     return {"subjects": rows, **{f"mean_{k}": round(statistics.fmean(r[k] for r in rows.values()), 4) for k in keys}}

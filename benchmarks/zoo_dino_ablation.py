@@ -36,34 +36,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from diffrl.data.images import load_image_tensor  # noqa: E402
-from diffrl.evaluation import Subject, load_dreambench  # noqa: E402
+from diffrl.evaluation import load_dreambench  # noqa: E402
 from diffrl.evaluation.metrics import mean_reference_similarity  # noqa: E402
 from diffrl.io import atomic_write_text  # noqa: E402
 from diffrl.models import DINOEncoder, load_sd_components  # noqa: E402
 from diffrl.zoo.registry import DINOSpec, load  # noqa: E402
 from diffrl.zoo.training.dino import DINOTrainConfig, train_dino  # noqa: E402
 from diffrl.zoo.training.evaluate import identity_retrieval  # noqa: E402
-from diffrl.zoo.training.personalisation import blank_floor, references, vae_ceiling  # noqa: E402
-from diffrl.zoo.world import CONTEXTS, prompt_colour  # noqa: E402
+from diffrl.zoo.training.personalisation import blank_floor, references, saved_by_prompt_kind, vae_ceiling  # noqa: E402
+from diffrl.zoo.world import CONTEXTS  # noqa: E402
 
 from zoo_personalisation import parse_value  # noqa: E402
-
-
-def saved_generations(folder: Path, subject: Subject) -> dict[str, torch.Tensor]:
-    """``{"context", "colour"}`` -> the images ``[N, 3, H, W]`` that `diffrl.evaluation.evaluate` saved in ``folder``
-    for ``subject``, split by prompt kind (``PP_I.png``: image I of prompt PP, in the order of ``report.json``)."""
-    images = sorted((folder / "images" / subject.name).glob("*.png"))
-    reported = [s for s in json.loads((folder / "report.json").read_text())["subjects"] if s["name"] == subject.name]
-    if not images or not reported:
-        raise FileNotFoundError(f"No saved generations of {subject.name} under {folder}: run a personalisation "
-                                "measurement with save_images (the zoo build's eval stage does).")
-    prompts = reported[0]["prompts"]
-    kinds: dict[str, list[Path]] = {"context": [], "colour": []}
-    for path in images:
-        prompt = prompts[int(path.stem.split("_")[0])]["prompt"]
-        kinds["context" if prompt_colour(prompt) is None else "colour"].append(path)
-    return {kind: load_image_tensor(paths) for kind, paths in kinds.items() if paths}
 
 
 def latest_eval(run: Path) -> Path:
@@ -95,7 +78,8 @@ def score(dino_dir: Path, generations: Path) -> dict:
     rows = {}
     for subject in subjects:
         final = latest_eval(generations / "runs" / subject.name)
-        tuned, base = saved_generations(final, subject), saved_generations(generations / "base", subject)
+        tuned = {kind: images for kind, (images, _) in saved_by_prompt_kind(final, subject).items()}
+        base = {kind: images for kind, (images, _) in saved_by_prompt_kind(generations / "base", subject).items()}
         everything = torch.cat(list(tuned.values()))
         row = {"dino": similarity(everything, subject.name), "retrieval": hits(everything, subject.name),
                "dino_context": similarity(tuned["context"], subject.name),
@@ -103,7 +87,7 @@ def score(dino_dir: Path, generations: Path) -> dict:
                "dino_colour": similarity(tuned["colour"], subject.name),
                "base_dino_context": similarity(base["context"], subject.name),
                "base_dino_colour": similarity(base["colour"], subject.name),
-               "dino_instance": similarity(saved_generations(final / "instance", subject)["context"], subject.name),
+               "dino_instance": similarity(saved_by_prompt_kind(final / "instance", subject)["context"][0], subject.name),
                "dino_blank": blank_floor(dino, subject),
                "vae_dino_ceiling": vae_ceiling(vae, dino, subject)["vae_dino_ceiling"]}
         rows[subject.name] = {key: round(value, 4) for key, value in row.items()}

@@ -182,36 +182,3 @@ def test_dino_views_share_glyph_and_pose_and_recolour_only_when_asked():
     assert plain[0][0] == recoloured[0][0]  # the first scene is drawn before any recolouring draw
     changed = sum(v.colour != views[0].colour for views in recoloured for v in views[1:])
     assert changed > 30  # of 80 further views, about 80 x 4/5 take another colour
-
-
-def test_dino_ablation_splits_saved_generations_by_prompt_kind(tmp_path):
-    import dataclasses
-    import json
-    import sys
-    from pathlib import Path
-
-    from PIL import Image
-
-    from diffrl.evaluation import load_dreambench
-
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(benchmarks))
-    try:
-        from script_loading import load_script
-
-        ablation = load_script(benchmarks / "zoo_dino_ablation.py")
-    finally:
-        sys.path.remove(str(benchmarks))
-    subject = next(s for s in load_dreambench(zoo.load("emoji").subjects) if s.name == "guide_dog")
-    prompts = ["a sks dog in the snow", "a purple sks dog", "a blue sks dog on the beach", "a sks dog"]
-    report = {"subjects": [{"name": "guide_dog", "prompts": [{"prompt": p} for p in prompts]}]}
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    (tmp_path / "images" / "guide_dog").mkdir(parents=True)
-    for index, shade in enumerate((10, 200, 220, 30)):
-        for image in range(2):
-            Image.new("RGB", (8, 8), (shade, shade, shade)).save(tmp_path / "images" / "guide_dog" / f"{index:02d}_{image}.png")
-    split = ablation.saved_generations(tmp_path, subject)
-    assert split["context"].shape == (4, 3, 8, 8) and split["colour"].shape == (4, 3, 8, 8)
-    assert split["colour"].mean() > 0.75 > 0.25 > split["context"].mean()  # prompts 01 and 02 are the colour ones
-    with pytest.raises(FileNotFoundError, match="No saved generations of black_cat"):
-        ablation.saved_generations(tmp_path, dataclasses.replace(subject, name="black_cat"))

@@ -122,3 +122,28 @@ def test_scores_split_into_new_context_prompts_and_recolouring_prompts():
                                                     "dino_colour": 0.0, "clip_t_colour": 0.6})
     assert by_prompt_kind(SubjectResult("dog", "dog", "sks", True, 4, prompts[:1], "g.png")) == pytest.approx(
         {"dino_context": 0.7, "clip_t_context": 0.3})
+
+
+def test_saved_generations_are_split_by_prompt_kind_with_their_prompts(tmp_path):
+    import dataclasses
+
+    from diffrl.evaluation import load_dreambench
+    from diffrl.zoo import load
+    from diffrl.zoo.training.personalisation import saved_by_prompt_kind
+
+    subject = next(s for s in load_dreambench(load("emoji").subjects) if s.name == "guide_dog")
+    prompts = ["a sks dog in the snow", "a purple sks dog", "a blue sks dog on the beach", "a sks dog"]
+    report = {"subjects": [{"name": "guide_dog", "prompts": [{"prompt": p} for p in prompts]}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    (tmp_path / "images" / "guide_dog").mkdir(parents=True)
+    for index, shade in enumerate((10, 200, 220, 30)):
+        for image in range(2):
+            Image.new("RGB", (8, 8), (shade,) * 3).save(tmp_path / "images" / "guide_dog" / f"{index:02d}_{image}.png")
+    split = saved_by_prompt_kind(tmp_path, subject)
+    (context, context_prompts), (colour, colour_prompts) = split["context"], split["colour"]
+    assert context.shape == colour.shape == (4, 3, 8, 8)
+    assert colour.mean() > 0.75 > 0.25 > context.mean()  # prompts 01 and 02 are the recolouring ones
+    assert context_prompts == ["a sks dog in the snow"] * 2 + ["a sks dog"] * 2
+    assert colour_prompts == ["a purple sks dog"] * 2 + ["a blue sks dog on the beach"] * 2
+    with pytest.raises(FileNotFoundError, match="No saved generations of black_cat"):
+        saved_by_prompt_kind(tmp_path, dataclasses.replace(subject, name="black_cat"))

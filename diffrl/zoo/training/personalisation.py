@@ -21,6 +21,7 @@ Training goes through `diffrl.training.Trainer` with the library's defaults (``m
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from dataclasses import asdict, dataclass, field, replace
@@ -113,6 +114,25 @@ def retrieval(dino: ImageEncoder, generated: Tensor, galleries: dict[str, Tensor
 def generated_images(eval_dir: Path, subject: Subject) -> Tensor:
     """The images `evaluate` saved for ``subject`` under ``eval_dir``: ``[N, 3, H, W]`` in [0, 1]."""
     return load_image_tensor(list_images(eval_dir / "images" / subject.name))
+
+
+def saved_by_prompt_kind(eval_dir: Path, subject: Subject) -> dict[str, tuple[Tensor, list[str]]]:
+    """The images `evaluate` saved for ``subject`` under ``eval_dir`` with the prompt of each, split by prompt kind:
+    ``{"context": (images [N, 3, H, W], prompts), "colour": ...}`` (kinds as `by_prompt_kind`; image ``PP_I.png``
+    is sample I of prompt PP of ``report.json``). A kind without prompts is left out."""
+    paths = list_images(eval_dir / "images" / subject.name) if (eval_dir / "images" / subject.name).is_dir() else []
+    report = eval_dir / "report.json"
+    reported = [s for s in json.loads(report.read_text())["subjects"] if s["name"] == subject.name] if report.is_file() else []
+    if not paths or not reported:
+        raise FileNotFoundError(f"No saved generations of {subject.name} under {eval_dir}: run a personalisation "
+                                "measurement with save_images (the zoo build's eval stage does).")
+    kinds: dict[str, tuple[list[Path], list[str]]] = {"context": ([], []), "colour": ([], [])}
+    for path in paths:
+        prompt = reported[0]["prompts"][int(path.stem.split("_")[0])]["prompt"]
+        chosen = kinds["context" if prompt_colour(prompt) is None else "colour"]
+        chosen[0].append(path)
+        chosen[1].append(prompt)
+    return {kind: (load_image_tensor(found), prompts) for kind, (found, prompts) in kinds.items() if found}
 
 
 def _train_config(zoo: ZooPaths, subject: Subject, out: Path, overrides: dict[str, Any]):
