@@ -228,6 +228,36 @@ def test_evaluate_end_to_end(tiny_sd_path: Path, dreambench_root: Path, encoders
     assert sorted(p.name for p in (tmp_path / "a" / "images" / "dog").iterdir()) == ["00_0.png", "00_1.png"]  # no stale files
 
 
+def test_rescore_scores_saved_images_with_other_encoders(tiny_sd_path: Path, dreambench_root: Path,
+                                                        encoders: EvaluationEncoders, tmp_path: Path) -> None:
+    from diffrl.evaluation import rescore
+
+    subjects = load_dreambench(dreambench_root, subjects=["dog"])
+    original = evaluate(load_sd_components(tiny_sd_path), subjects, encoders, CONFIG, tmp_path / "a")
+    again = rescore(tmp_path / "a", subjects, encoders, tmp_path / "same")  # read back from the 8-bit PNGs
+    (before,), (after,) = original.subjects, again.subjects
+    assert [p.prompt for p in after.prompts] == [p.prompt for p in before.prompts]
+    assert [p.seed for p in after.prompts] == [p.seed for p in before.prompts]
+    for old, new in zip(before.prompts, after.prompts):
+        for metric in original.metrics:
+            assert new.scores[metric] == pytest.approx(old.scores[metric], abs=5e-3)
+    other = EvaluationEncoders(dino=encoders.heldout_dino[0])  # another evaluator: only its metric, its values
+    swapped = rescore(tmp_path / "a", subjects, other, tmp_path / "swapped")
+    assert swapped.metrics == ["DINO"]
+    assert swapped.overall["DINO"] == pytest.approx(original.overall["DINO (held-out)"], abs=5e-3)
+    assert json.loads((tmp_path / "swapped" / "report.json").read_text())["config"]["images_per_prompt"] == 2
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        rescore(tmp_path / "a", subjects, other, tmp_path / "swapped")
+    with pytest.raises(ValueError, match="other than"):
+        rescore(tmp_path / "a", subjects, other, tmp_path / "a", overwrite=True)
+    (tmp_path / "a" / "images" / "dog" / "01_1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="01_1.png: only an evaluation made with save_images=True"):
+        rescore(tmp_path / "a", subjects, other, tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="holds no report.json"):
+        rescore(tmp_path / "nothing", subjects, other, tmp_path / "missing")
+
+
 # ---------------------------------------------------------------- CLI
 
 

@@ -21,6 +21,8 @@ _MODULES = {
         "check_out_dir",
         "evaluate_subject",
         "make_grid",
+        "rescore",
+        "score_subject",
     ),
 }
 _ORIGIN = {name: module for module, names in _MODULES.items() for name in names}

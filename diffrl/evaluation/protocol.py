@@ -219,11 +219,10 @@ def evaluate_subject(
 ) -> SubjectResult:
     """Generate ``images_per_prompt`` images for each of the subject's prompts, score them, write its grid."""
     prompts = list(subject.prompts[: config.prompts_per_subject])
-    n = config.images_per_prompt
     generated = [
         generate(
             components,
-            [prompt] * n,
+            [prompt] * config.images_per_prompt,
             num_inference_steps=config.num_inference_steps,
             guidance_scale=config.guidance_scale,
             eta=config.eta,
@@ -231,6 +230,20 @@ def evaluate_subject(
         ).cpu()
         for p, prompt in enumerate(prompts)
     ]  # one [n, 3, H, W] batch per prompt
+    return score_subject(subject, prompts, generated, encoders, config, out_dir)
+
+
+def score_subject(
+    subject: Subject,
+    prompts: Sequence[str],
+    generated: Sequence[Tensor],
+    encoders: EvaluationEncoders,
+    config: EvaluationConfig,
+    out_dir: Path,
+) -> SubjectResult:
+    """Score the generations of ``subject`` (``generated[p]``: the ``[n, 3, H, W]`` images of ``prompts[p]``, in
+    ``[0, 1]``) against its references, save them (``save_images``) and its grid under ``out_dir``."""
+    n = config.images_per_prompt
     references = [load_image_tensor([path]) for path in subject.image_paths]  # native sizes: one at a time
     scores: dict[str, Tensor] = {}
     embeddings: dict[str, Tensor] = {}
@@ -300,6 +313,53 @@ def evaluate(
         logger.info("Evaluating subject %d/%d: %s", index, len(subjects), subject.name)
         results.append(evaluate_subject(components, subject, encoders, config, out_dir))
     report = EvaluationReport(components.source, config, encoders.metric_names(), results)
+    atomic_write_text(out_dir / "report.md", report.to_markdown())
+    atomic_write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+def rescore(
+    evaluation_dir: str | os.PathLike,
+    subjects: Sequence[Subject],
+    encoders: EvaluationEncoders,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> EvaluationReport:
+    """Score the images an earlier `evaluate` saved in ``evaluation_dir`` with other ``encoders`` (e.g. a new CLIP or
+    DINO), without generating again; the report (same prompts, seeds and configuration, the new metrics) and grids
+    go to ``out_dir`` (another folder). The images are read back from their 8-bit PNGs, so with the same encoders the
+    scores match the original report's to the PNG quantisation (about 1e-3), not bit for bit.
+
+    Raises:
+        FileNotFoundError: ``evaluation_dir`` has no ``report.json``, lacks one of ``subjects``, or lacks one of its
+            saved images (evaluations made with ``save_images=False`` cannot be rescored).
+        FileExistsError: ``out_dir`` already holds a report and ``overwrite`` is False.
+    """
+    evaluation_dir, out_dir = Path(evaluation_dir), Path(out_dir)
+    if evaluation_dir.resolve() == out_dir.resolve():
+        raise ValueError(f"rescore writes a new report: choose an out_dir other than '{evaluation_dir}'.")
+    report_file = evaluation_dir / "report.json"
+    if not report_file.is_file():
+        raise FileNotFoundError(f"'{evaluation_dir}' holds no report.json: give the folder of an earlier evaluate().")
+    check_out_dir(out_dir, overwrite)
+    saved = json.loads(report_file.read_text())
+    config = EvaluationConfig(**{**saved["config"], "save_images": False})
+    by_name = {entry["name"]: entry for entry in saved["subjects"]}
+    results = []
+    for subject in subjects:
+        if subject.name not in by_name:
+            raise FileNotFoundError(f"'{report_file}' has no subject {subject.name!r} (it has {sorted(by_name)}).")
+        prompts = [entry["prompt"] for entry in by_name[subject.name]["prompts"]]
+        paths = [[evaluation_dir / "images" / subject.name / f"{p:02d}_{k}.png" for k in range(config.images_per_prompt)]
+                 for p in range(len(prompts))]
+        missing = [str(path) for row in paths for path in row if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} saved image(s) of {subject.name} are missing, e.g. {missing[0]}: "
+                                    "only an evaluation made with save_images=True can be rescored.")
+        generated = [load_image_tensor(row) for row in paths]
+        results.append(score_subject(subject, prompts, generated, encoders, config, out_dir))
+    report = EvaluationReport(saved["source"], config, encoders.metric_names(), results)
     atomic_write_text(out_dir / "report.md", report.to_markdown())
     atomic_write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     return report
