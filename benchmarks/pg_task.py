@@ -55,8 +55,7 @@ from diffrl.training.policy_gradient import (  # noqa: E402
 
 METHOD_SETTINGS = {"ddpo": {"method": "ddpo"}, "grpo": {"method": "grpo", "kl_weight": 0.01},
                    "grpo_kl02": {"method": "grpo", "kl_weight": 0.02}, "grpo_kl05": {"method": "grpo", "kl_weight": 0.05},
-                   "draft": {"method": "draft", "draft_k": 1}, "dpg": {"method": "dpg"},
-                   "dpg_band": {"method": "dpg", "actor_scale": "band"}}
+                   "draft": {"method": "draft", "draft_k": 1}, "dpg": {"method": "dpg"}}
 """Rows of the table: a name -> the `PolicyGradientConfig` fields that make the method (no flag; add rows instead)."""
 TARGET_GAIN, TARGET_CLASS_ACCURACY = 0.20, 0.70
 GRID_IMAGES = 16

@@ -154,21 +154,6 @@ def test_the_actor_reads_the_configured_critic(components, reads):
     torch.testing.assert_close(loss.actor_q(state, state["action"]), target if reads == "target" else online)
 
 
-@pytest.mark.parametrize("form", ["reward_value", "q"])
-def test_band_scaled_actor_reads_q_over_the_spread_of_its_targets(components, form):
-    loss = make_dpg(components, DPGConfig(actor_scale="band", critic_form=form))
-    loss(make_batch(loss.reference_env))  # a critic update moves the running statistics off their initial values
-    state = loss.noised_states(make_batch(loss.env))
-    name = "value_network" if form == "reward_value" else "critic"
-    with getattr(loss, f"{name}_params").to_module(getattr(loss, name), preserve_module_state=False):
-        mean, std = getattr(loss, name).statistics()
-        expected = std[getattr(loss, name).band(state["timestep"])]
-    spread = loss.band_spread(state["timestep"])
-    torch.testing.assert_close(spread, expected)
-    assert (spread > 0).all() and not torch.allclose(spread, torch.ones_like(spread))
-    torch.testing.assert_close(loss.actor_q(state, state["action"]), loss.q_value(state, state["action"]) / spread)
-
-
 def test_gamma_zero_equals_the_one_step_regressor(components):
     outputs = []
     for config in (DPGConfig(gamma=0.0, bootstrap=True, critic_form="q"), DPGConfig(gamma=0.9986, bootstrap=False)):
@@ -365,7 +350,7 @@ def test_non_finite_rewards_are_a_clear_error(components):
     ("field", "value"),
     [("exploration_actions", 0), ("critic_updates", 0), ("warmup_steps", -1), ("exploration_space", "pixels"),
      ("actor_weighting", "cosine"), ("normalization_rate", 0.0), ("pair_weight", float("nan")),
-     ("critic_form", "v"), ("actor_reads", "both"), ("actor_scale", "q")],
+     ("critic_form", "v"), ("actor_reads", "both")],
 )
 def test_bad_dpg_settings_raise(field, value):
     with pytest.raises(ValueError, match=field):

@@ -22,7 +22,6 @@ from diffrl.rewards import RewardInputs, look_forward
 EXPLORATION_SPACES = ("x0", "eps")
 CRITIC_FORMS = ("reward_value", "q")
 ACTOR_READS = ("online", "target")
-ACTOR_SCALES = ("reward", "band")
 
 
 @dataclass
@@ -63,10 +62,6 @@ class DPGConfig:
     actor_reads: which critic the actor's Q term reads: ``"online"`` (the trained networks, as DDPG) or
         ``"target"`` (their Polyak average: the same TD fit, with the step-to-step noise of SGD averaged out).
     reward_scale: multiplies the env's reward in the critic target.
-    actor_scale: the units of the Q the actor maximises: ``"reward"`` (Q itself, the paper's) or ``"band"`` (Q divided
-        by the spread of its TD targets in the state's timestep band, the value network's running statistics, or the
-        critic's without one): a bootstrapped Q grows with its horizon (about 1 / (1 - gamma) steps) as the value
-        network fills in, and with it the actor's Q gradient against its fixed eps-MSE anchor; in band units it does not.
     """
 
     gamma: float = 0.9986
@@ -89,7 +84,6 @@ class DPGConfig:
     tau: float = 0.005
     actor_reads: str = "online"
     reward_scale: float = 1.0
-    actor_scale: str = "reward"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
@@ -106,8 +100,6 @@ class DPGConfig:
             raise ValueError(f"exploration_space must be one of {list(EXPLORATION_SPACES)}, got {self.exploration_space!r}.")
         if self.actor_reads not in ACTOR_READS:
             raise ValueError(f"actor_reads must be one of {list(ACTOR_READS)}, got {self.actor_reads!r}.")
-        if self.actor_scale not in ACTOR_SCALES:
-            raise ValueError(f"actor_scale must be one of {list(ACTOR_SCALES)}, got {self.actor_scale!r}.")
         if self.critic_form not in CRITIC_FORMS:
             raise ValueError(f"critic_form must be one of {list(CRITIC_FORMS)}, got {self.critic_form!r}.")
         if self.actor_weighting not in ACTOR_WEIGHTINGS:
@@ -294,18 +286,8 @@ class DPGLoss(DiffusionLoss):
         return q + self.config.gamma * (~following["done"]).float() * self._network("value_network", params, following)
 
     def actor_q(self, state: TensorDictBase, action: Tensor) -> Tensor:
-        """The Q the actor maximises ``[B]``: `q_value` of the critic named by `DPGConfig.actor_reads`, in the units of
-        `DPGConfig.actor_scale`."""
-        q = self.q_value(state, action, target=self.config.actor_reads == "target")
-        return q if self.config.actor_scale == "reward" else q / self.band_spread(state["timestep"])
-
-    def band_spread(self, timestep: Tensor) -> Tensor:
-        """The standard deviation of Q's TD targets in each timestep's band ``[B]`` (no gradients): the value
-        network's running statistics (which track r + gamma V), or the critic's without a value network."""
-        name = "critic" if self.value_network is None else "value_network"
-        network = getattr(self, name)
-        with torch.no_grad(), getattr(self, f"{name}_params").to_module(network, preserve_module_state=False):
-            return network.statistics()[1][network.band(timestep)]
+        """The Q the actor maximises ``[B]``: `q_value` of the critic named by `DPGConfig.actor_reads`."""
+        return self.q_value(state, action, target=self.config.actor_reads == "target")
 
     # ------------------------------------------------------------ collection
     def behaviour_actions(self, state: TensorDictBase, generator: torch.Generator | None = None) -> Tensor:

@@ -31,7 +31,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from diffrl.objectives.dpg import ACTOR_SCALES, DPGConfig
+from diffrl.objectives.dpg import DPGConfig
 from diffrl.training.acceleration import (
     finish_trackers,
     make_accelerator,
@@ -121,7 +121,7 @@ def _build_dpg(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor
     transitions = states(PG_REWARDS[config.reward](), 3)  # steps the critic's explored actions, scoring each
     critic = QCritic(transitions.latent_shape, env.components.text_encoder.config.hidden_size, inputs=("x0_hat",))
     return DPGLoss(transitions, UNetActor(actor.unet, guidance_scale=1.0), critic.to(env.device),
-                   DPGConfig(lam=config.lam, warmup_steps=config.warmup_steps, actor_scale=config.actor_scale), reference_env=states(None, 4), seed=derive_seed(seed, 5))
+                   DPGConfig(lam=config.lam, warmup_steps=config.warmup_steps), reference_env=states(None, 4), seed=derive_seed(seed, 5))
 
 
 PG_METHODS: dict[str, PGMethod] = {
@@ -175,7 +175,7 @@ def pg_choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of `PolicyGradientConfig`'s choice fields, for its command lines (`PG_REWARDS` as it is
     now, entries added included)."""
     return {"method": tuple(PG_METHODS), "reward": tuple(PG_REWARDS), "mixed_precision": MIXED_PRECISION,
-            "report_to": tuple(TRACKERS), "actor_scale": ACTOR_SCALES}
+            "report_to": tuple(TRACKERS)}
 
 
 @dataclass
@@ -199,7 +199,6 @@ class PolicyGradientConfig:
     lam: DPG's weight of -Q(s, mu(s)) in the actor loss.
     warmup_steps: DPG's actor steps before the actor reads Q (the critic learns meanwhile; lambda then ramps up over
         `DPGConfig.lam_ramp_steps`).
-    actor_scale: DPG's units of the Q its actor maximises, ``"reward"`` or ``"band"`` (`DPGConfig.actor_scale`).
     lora_rank: LoRA rank of the U-Net's attention projections (DDPO's default way of training); 0 fine-tunes all
         weights. The exported model is then ``pytorch_lora_weights.safetensors``
         (``StableDiffusionPipeline.from_pretrained(pretrained)``, then ``pipe.load_lora_weights(model/)``).
@@ -233,7 +232,6 @@ class PolicyGradientConfig:
     lr_critic: float = TrainConfig.lr_critic
     lam: float = DPGConfig.lam
     warmup_steps: int = DPGConfig.warmup_steps
-    actor_scale: str = DPGConfig.actor_scale
     lora_rank: int = 0
     grad_clip: float = 1.0
     clip_range: float = 0.2
@@ -280,8 +278,6 @@ class PolicyGradientConfig:
                               f"differentiable: use {[n for n, m in PG_METHODS.items() if not m.differentiable_reward]},"
                               f" or a differentiable reward "
                               f"({[name for name, make in PG_REWARDS.items() if make().differentiable]}).")
-        if self.actor_scale not in ACTOR_SCALES:
-            raise ConfigError(f"actor_scale must be one of {list(ACTOR_SCALES)}, got {self.actor_scale!r}.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
         check_report_to(self.report_to)
