@@ -45,7 +45,7 @@ def test_context_checker_on_renders(context):
     rng = np.random.default_rng(0)
     specs = [zoo.sample_spec(rng, contexts=[context]) for _ in range(6)]
     assert [zoo.classify_context(zoo.render(s)) for s in specs] == [context] * 6
-    t = torch.from_numpy(np.asarray(zoo.render(specs[0]))).permute(2, 0, 1).float() / 255
+    t = torch.from_numpy(np.array(zoo.render(specs[0]))).permute(2, 0, 1).float() / 255
     assert zoo.classify_context(t) == context
 
 
