@@ -151,7 +151,7 @@ def test_context_reward_scores_the_context_each_prompt_names():
 
     rng = np.random.default_rng(0)
     specs = [zoo.sample_spec(rng, contexts=[context]) for context in ("snow", "jungle")]
-    images = torch.stack([torch.from_numpy(np.asarray(zoo.render(s))).permute(2, 0, 1).float() / 255 for s in specs])
+    images = torch.stack([torch.from_numpy(np.array(zoo.render(s))).permute(2, 0, 1).float() / 255 for s in specs])
     latents = torch.zeros(2, 4, 8, 8)
 
     def reward(prompts):
