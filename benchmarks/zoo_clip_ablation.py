@@ -46,10 +46,10 @@ from diffrl.zoo.render import render, sample_spec  # noqa: E402
 from diffrl.zoo.training.clip import CLIPTrainConfig, refine_clip_vision  # noqa: E402
 from diffrl.zoo.training.common import world_data  # noqa: E402
 from diffrl.zoo.training.evaluate import clip_zero_shot, prompt_following, to_tensor  # noqa: E402
-from diffrl.zoo.training.personalisation import saved_by_prompt_kind  # noqa: E402
+from diffrl.zoo.training.personalisation import latest_eval, saved_by_prompt_kind  # noqa: E402
 from diffrl.zoo.world import CONTEXTS, PRETRAIN_GLYPHS, SUBJECTS, caption  # noqa: E402
 
-from zoo_personalisation import parse_value  # noqa: E402
+from zoo_personalisation import parse_overrides  # noqa: E402
 
 CACHE = Path("build/zoo")
 
@@ -85,8 +85,7 @@ def generations(clip: CLIPEncoder, folder: Path) -> dict:
     rows = {}
     for subject in load_dreambench(load("emoji").subjects):
         row = {}
-        final = sorted((folder / "runs" / subject.name).glob("eval_[0-9]*"))[-1]
-        for model, where in (("base", folder / "base"), ("tuned", final)):
+        for model, where in (("base", folder / "base"), ("tuned", latest_eval(folder / "runs" / subject.name))):
             everything = []
             for kind, (images, prompts) in saved_by_prompt_kind(where, subject).items():
                 texts = [remove_identifier(prompt, subject.identifier) for prompt in prompts]
@@ -136,11 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not (CACHE / "clip_joint").is_dir():
             parser.error(f"{CACHE / 'clip_joint'} is missing: run the zoo build's clip stage first "
                          "(python scripts/build_zoo.py --stage clip).")
-        overrides = {}
-        for item in args.set:
-            key, _, value = item.partition("=")
-            overrides[key] = parse_value(value)
-        config = replace(CLIPTrainConfig(), **overrides)
+        config = replace(CLIPTrainConfig(), **parse_overrides(args.set, parser))
         folder = args.out / args.name
         record = refine_clip_vision(world_data(CACHE), CACHE / "clip_joint", load("emoji").sd / "vae", folder, config)
         result["train"] = {**record, "config": asdict(config)}

@@ -43,18 +43,16 @@ from diffrl.models import DINOEncoder, load_sd_components  # noqa: E402
 from diffrl.zoo.registry import DINOSpec, load  # noqa: E402
 from diffrl.zoo.training.dino import DINOTrainConfig, train_dino  # noqa: E402
 from diffrl.zoo.training.evaluate import identity_retrieval  # noqa: E402
-from diffrl.zoo.training.personalisation import blank_floor, references, saved_by_prompt_kind, vae_ceiling  # noqa: E402
+from diffrl.zoo.training.personalisation import (  # noqa: E402
+    blank_floor,
+    latest_eval,
+    references,
+    saved_by_prompt_kind,
+    vae_ceiling,
+)
 from diffrl.zoo.world import CONTEXTS  # noqa: E402
 
-from zoo_personalisation import parse_value  # noqa: E402
-
-
-def latest_eval(run: Path) -> Path:
-    """The last ``eval_NNNNNN`` folder of a personalisation run (its final model's scores)."""
-    evals = sorted(run.glob("eval_[0-9]*"))
-    if not evals:
-        raise FileNotFoundError(f"No eval_NNNNNN folder under {run}.")
-    return evals[-1]
+from zoo_personalisation import parse_overrides  # noqa: E402
 
 
 @torch.no_grad()
@@ -122,11 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.measure is not None:
         folder = args.measure
     else:
-        overrides = {}
-        for item in args.set:
-            key, _, value = item.partition("=")
-            overrides[key] = parse_value(value)
-        config = replace(DINOTrainConfig(seed=args.seed), **overrides)
+        config = replace(DINOTrainConfig(seed=args.seed), **parse_overrides(args.set, parser))
         folder = args.out / args.name
         result["train"] = {**train_dino(folder, config), "config": asdict(config)}
     result["train_seconds"] = round(time.perf_counter() - start, 1)

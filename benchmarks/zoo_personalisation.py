@@ -42,6 +42,17 @@ def parse_value(text: str):
         return text
 
 
+def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """``--set FIELD=VALUE ...`` as ``{FIELD: parse_value(VALUE)}``; an item without ``=`` is a usage error."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[key] = parse_value(value)
+    return overrides
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PersonalisationConfig]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, required=True, help="where the figures are written")
@@ -56,12 +67,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Perso
     parser.add_argument("--extra-guidance", nargs="*", type=float, default=[], help="also score the final model")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    train = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
-        train[key] = parse_value(value)
+    train = parse_overrides(args.set, parser)
     evaluation = replace(default_evaluation(), images_per_prompt=args.images_per_prompt,
                          guidance_scale=args.guidance, prompts_per_subject=args.prompts_per_subject)
     cfg = PersonalisationConfig(train=train, milestones=tuple(args.milestones), evaluation=evaluation,

@@ -34,7 +34,7 @@ from diffrl.zoo.training.common import n_params, world_data  # noqa: E402
 from diffrl.zoo.training.personalisation import blank_floor, vae_ceiling  # noqa: E402
 from diffrl.zoo.training.vae import VAETrainConfig, recon_psnr, refine_decoder, train_vae  # noqa: E402
 
-from zoo_personalisation import parse_value  # noqa: E402
+from zoo_personalisation import parse_overrides  # noqa: E402
 
 
 def score(vae: AutoencoderKL) -> dict:
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffrl.zoo.build").setLevel(logging.INFO)
-    overrides = {k: parse_value(v) for k, _, v in (item.partition("=") for item in args.set)}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in parse_overrides(args.set, parser).items()}
     cfg = replace(VAETrainConfig(), **overrides)
     start = time.perf_counter()
     record: dict = {"name": args.name, "overrides": overrides}

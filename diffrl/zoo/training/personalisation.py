@@ -116,6 +116,19 @@ def generated_images(eval_dir: Path, subject: Subject) -> Tensor:
     return load_image_tensor(list_images(eval_dir / "images" / subject.name))
 
 
+def prompt_kind(prompt: str) -> str:
+    """``"colour"`` for a prompt that recolours the subject (`diffrl.zoo.world.prompt_colour`), else ``"context"``."""
+    return "context" if prompt_colour(prompt) is None else "colour"
+
+
+def latest_eval(run: Path) -> Path:
+    """The last ``eval_NNNNNN`` folder of a personalisation run (its final model's scores)."""
+    evals = sorted(run.glob("eval_[0-9]*"))
+    if not evals:
+        raise FileNotFoundError(f"No eval_NNNNNN folder under {run}.")
+    return evals[-1]
+
+
 def saved_by_prompt_kind(eval_dir: Path, subject: Subject) -> dict[str, tuple[Tensor, list[str]]]:
     """The images `evaluate` saved for ``subject`` under ``eval_dir`` with the prompt of each, split by prompt kind:
     ``{"context": (images [N, 3, H, W], prompts), "colour": ...}`` (kinds as `by_prompt_kind`; image ``PP_I.png``
@@ -129,7 +142,7 @@ def saved_by_prompt_kind(eval_dir: Path, subject: Subject) -> dict[str, tuple[Te
     kinds: dict[str, tuple[list[Path], list[str]]] = {"context": ([], []), "colour": ([], [])}
     for path in paths:
         prompt = reported[0]["prompts"][int(path.stem.split("_")[0])]["prompt"]
-        chosen = kinds["context" if prompt_colour(prompt) is None else "colour"]
+        chosen = kinds[prompt_kind(prompt)]
         chosen[0].append(path)
         chosen[1].append(prompt)
     return {kind: (load_image_tensor(found), prompts) for kind, (found, prompts) in kinds.items() if found}
@@ -190,12 +203,12 @@ def _score(components, subject: Subject, encoders: EvaluationEncoders, galleries
 
 def by_prompt_kind(result: SubjectResult) -> dict[str, float]:
     """``dino_KIND`` and ``clip_t_KIND`` of one subject's evaluation for KIND ``context`` (prompts naming no colour)
-    and ``colour`` (prompts that recolour the subject, `diffrl.zoo.world.prompt_colour`), when it has such prompts.
+    and ``colour`` (prompts that recolour the subject; `prompt_kind`), when it has such prompts.
     The zoo's DINO counts a glyph's colour as part of its identity, so a recoloured subject scores near 0 even when it
     is drawn exactly as asked: the ``context`` figures are the ones that measure identity."""
     kinds: dict[str, list[PromptResult]] = {"context": [], "colour": []}
     for prompt in result.prompts:
-        kinds["context" if prompt_colour(prompt.prompt) is None else "colour"].append(prompt)
+        kinds[prompt_kind(prompt.prompt)].append(prompt)
     out = {}
     for kind, prompts in kinds.items():
         for metric, key in (("DINO", "dino"), ("CLIP-T", "clip_t")):
