@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,23 @@ class Checkpoint:
     tensors: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # group -> name -> tensor
     states: dict[str, Any] = field(default_factory=dict)  # name -> state dict (tensors, numbers, lists, dicts)
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable
+
+
+def loss_module_state(loss: torch.nn.Module, saved_elsewhere: Iterable[Tensor]) -> dict[str, Tensor]:
+    """The tensors of a loss module that a checkpoint must hold besides its trained models: everything in its
+    ``state_dict`` except ``saved_elsewhere`` (e.g. the U-Net's trained parameters) and frozen parameters (a frozen
+    reference copy is reloaded from the pretrained folder); e.g. DPG's critic, its targets and their statistics."""
+    skip = {tensor.data_ptr() for tensor in saved_elsewhere}
+    return {key: value for key, value in loss.state_dict(keep_vars=True).items()
+            if value.data_ptr() not in skip and (not isinstance(value, torch.nn.Parameter) or value.requires_grad)}
+
+
+def load_loss_module_state(loss: torch.nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Restore `loss_module_state` from the checkpoint at ``path``; an entry the loss lacks is an error."""
+    result = loss.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"Checkpoint '{path}' has loss-module entries this run lacks: {result.unexpected_keys[:5]}; "
+                         "was the method changed?")
 
 
 def _sha256(path: Path) -> str:

@@ -121,7 +121,8 @@ def _build_dpg(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor
     transitions = states(PG_REWARDS[config.reward](), 3)  # steps the critic's explored actions, scoring each
     critic = QCritic(transitions.latent_shape, env.components.text_encoder.config.hidden_size, inputs=("x0_hat",))
     return DPGLoss(transitions, UNetActor(actor.unet, guidance_scale=1.0), critic.to(env.device),
-                   DPGConfig(lam=config.lam, warmup_steps=config.warmup_steps), reference_env=states(None, 4), seed=derive_seed(seed, 5))
+                   DPGConfig(lam=config.lam, warmup_steps=config.warmup_steps), reference_env=states(None, 4),
+                   seed=derive_seed(seed, 5))
 
 
 PG_METHODS: dict[str, PGMethod] = {
@@ -463,7 +464,7 @@ class PolicyGradientTrainer:
 
     # ------------------------------------------------------------- checkpoint
     def save(self) -> Path:
-        from diffrl.training.checkpoint import Checkpoint, save_checkpoint
+        from diffrl.training.checkpoint import Checkpoint, loss_module_state, save_checkpoint
         from diffrl.training.rng import capture_rng
 
         trained = {name: p.detach().clone() for name, p in self.components.unet.named_parameters() if p.requires_grad}
@@ -471,12 +472,10 @@ class PolicyGradientTrainer:
         if hasattr(self.loss, "collection_state"):  # DPG's replay buffer
             own["collection"] = self.loss.collection_state()
         ranks = per_process(self.accelerator, own)
-        shared = {p.data_ptr() for p in self.components.unet.parameters()}
-        loss_state = {key: value.detach().clone() for key, value in self.loss.state_dict(keep_vars=True).items()
-                      if value.data_ptr() not in shared and (not isinstance(value, nn.Parameter) or value.requires_grad)}
+        loss_state = loss_module_state(self.loss, self.components.unet.parameters())  # DPG: critic and targets
         checkpoint = Checkpoint(
             step=self.iteration,
-            tensors={"unet": trained, "loss": loss_state},  # "loss": the critic and its targets (DPG)
+            tensors={"unet": trained, "loss": loss_state},
             states={"optimizer": self.optimizer.state_dict(), "ranks": ranks},
             meta={"config": dataclasses.asdict(self.config), "world_size": self.world},
         )
@@ -487,7 +486,7 @@ class PolicyGradientTrainer:
         return path
 
     def load(self, path: Path) -> None:
-        from diffrl.training.checkpoint import load_checkpoint
+        from diffrl.training.checkpoint import load_checkpoint, load_loss_module_state
         from diffrl.training.rng import restore_rng
         from diffrl.training.rundir import config_differences
 
@@ -504,9 +503,7 @@ class PolicyGradientTrainer:
         with torch.no_grad():
             for name, value in checkpoint.tensors["unet"].items():
                 params[name].copy_(value)
-        result = self.loss.load_state_dict(checkpoint.tensors.get("loss", {}), strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"Checkpoint '{path}' has loss-module entries this run lacks: {result.unexpected_keys[:5]}.")
+        load_loss_module_state(self.loss, checkpoint.tensors.get("loss", {}), path)
         self.optimizer.load_state_dict(checkpoint.states["optimizer"])
         own = checkpoint.states["ranks"][self.rank]
         self.collector.load_state_dict(own["collector"])

@@ -35,7 +35,13 @@ from diffrl.training.acceleration import (
     start_trackers,
 )
 from diffrl.training.build import TrainingContext, build_loss
-from diffrl.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from diffrl.training.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_loss_module_state,
+    loss_module_state,
+    save_checkpoint,
+)
 from diffrl.training.config import TrainConfig
 from diffrl.training.data import (
     ReferenceImages,
@@ -417,17 +423,11 @@ class Trainer:
 
     def state(self) -> Checkpoint:
         """Everything needed to resume exactly (RNG states of every process included)."""
-        tensors: dict[str, dict[str, Tensor]] = {}
-        seen: set[int] = set()
-        for name, module in self._trained_modules().items():
-            trained = {key: p for key, p in module.named_parameters() if p.requires_grad}
-            tensors[name] = trained
-            seen.update(p.data_ptr() for p in trained.values())
-        tensors["loss"] = {
-            key: value
-            for key, value in self.loss.state_dict(keep_vars=True).items()
-            if value.data_ptr() not in seen and (not isinstance(value, nn.Parameter) or value.requires_grad)
+        tensors: dict[str, dict[str, Tensor]] = {
+            name: {key: p for key, p in module.named_parameters() if p.requires_grad}
+            for name, module in self._trained_modules().items()
         }
+        tensors["loss"] = loss_module_state(self.loss, [p for trained in tensors.values() for p in trained.values()])
         rng = per_process(self.accelerator, capture_rng(self.generators))
         states = {
             "optimizer": self.optimizer.state_dict(),
@@ -468,9 +468,7 @@ class Trainer:
             with torch.no_grad():
                 for key, value in saved.items():
                     params[key].copy_(value)
-        result = self.loss.load_state_dict(checkpoint.tensors["loss"], strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"Checkpoint '{path}' has loss-module entries this run lacks: {result.unexpected_keys[:5]}; was the method changed?")
+        load_loss_module_state(self.loss, checkpoint.tensors["loss"], path)
         learning_rates = list(self.scheduler.base_lrs)  # this run's (an allowed change must not be undone)
         self.optimizer.load_state_dict(checkpoint.states["optimizer"])
         self.scheduler.load_state_dict(checkpoint.states["scheduler"])
