@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not (CACHE / "clip_joint").is_dir():
             parser.error(f"{CACHE / 'clip_joint'} is missing: run the zoo build's clip stage first "
                          "(python scripts/build_zoo.py --stage clip).")
-        config = replace(CLIPTrainConfig(), **parse_overrides(args.set, parser))
+        config = replace(CLIPTrainConfig(), **parse_overrides(args.set, parser, CLIPTrainConfig))
         folder = args.out / args.name
         record = refine_clip_vision(world_data(CACHE), CACHE / "clip_joint", load("emoji").sd / "vae", folder, config)
         result["train"] = {**record, "config": asdict(config)}

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.measure is not None:
         folder = args.measure
     else:
-        config = replace(DINOTrainConfig(seed=args.seed), **parse_overrides(args.set, parser))
+        config = replace(DINOTrainConfig(seed=args.seed), **parse_overrides(args.set, parser, DINOTrainConfig))
         folder = args.out / args.name
         result["train"] = {**train_dino(folder, config), "config": asdict(config)}
     result["train_seconds"] = round(time.perf_counter() - start, 1)

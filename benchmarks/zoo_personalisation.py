@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported
@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is import
 import torch  # noqa: E402
 
 from diffrl.io import atomic_write_text  # noqa: E402
+from diffrl.training import TrainConfig  # noqa: E402
 from diffrl.zoo.registry import WEIGHTS_ROOT, zoo_paths  # noqa: E402
 from diffrl.zoo.training.personalisation import (  # noqa: E402
     PersonalisationConfig,
@@ -42,13 +43,17 @@ def parse_value(text: str):
         return text
 
 
-def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict:
-    """``--set FIELD=VALUE ...`` as ``{FIELD: parse_value(VALUE)}``; an item without ``=`` is a usage error."""
+def parse_overrides(items: list[str], parser: argparse.ArgumentParser, config_type: type) -> dict:
+    """``--set FIELD=VALUE ...`` as ``{FIELD: parse_value(VALUE)}`` for fields of the dataclass ``config_type``; an
+    item without ``=`` or a field ``config_type`` lacks is a usage error (before any model loads)."""
+    known = [field.name for field in fields(config_type)]
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set takes FIELD=VALUE, got {item!r}")
+        if key not in known:
+            parser.error(f"--set: {config_type.__name__} has no field {key!r}; its fields: {', '.join(known)}")
         overrides[key] = parse_value(value)
     return overrides
 
@@ -67,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Perso
     parser.add_argument("--extra-guidance", nargs="*", type=float, default=[], help="also score the final model")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    train = parse_overrides(args.set, parser)
+    train = parse_overrides(args.set, parser, TrainConfig)
     evaluation = replace(default_evaluation(), images_per_prompt=args.images_per_prompt,
                          guidance_scale=args.guidance, prompts_per_subject=args.prompts_per_subject)
     cfg = PersonalisationConfig(train=train, milestones=tuple(args.milestones), evaluation=evaluation,

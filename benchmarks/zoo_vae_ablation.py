@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("diffrl.zoo.build").setLevel(logging.INFO)
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in parse_overrides(args.set, parser).items()}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in parse_overrides(args.set, parser, VAETrainConfig).items()}
     cfg = replace(VAETrainConfig(), **overrides)
     start = time.perf_counter()
     record: dict = {"name": args.name, "overrides": overrides}
