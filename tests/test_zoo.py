@@ -92,17 +92,47 @@ def test_an_identifier_goes_in_front_of_the_noun():
         with_identifier("a dog", "cat", "sks")
 
 
-def test_a_fraction_of_pretraining_captions_gets_an_identifier_word():
-    from diffrl.zoo.training.common import with_identifiers
-    from diffrl.zoo.world import IDENTIFIER_POOL
+def _world(captions: list[str], glyphs: list[str]):
+    from diffrl.zoo.training.common import WorldData
 
-    captions, nouns = ["a red dog in the snow"] * 2000, ["dog"] * 2000
-    tagged = with_identifiers(captions, nouns, 0.1, torch.Generator().manual_seed(0))
-    changed = [t for t in tagged if t != captions[0]]
-    assert 150 < len(changed) < 250
-    assert {t.split()[2] for t in changed} == set(IDENTIFIER_POOL)
-    assert tagged == with_identifiers(captions, nouns, 0.1, torch.Generator().manual_seed(0))
-    assert with_identifiers(captions[:5], nouns[:5], 0.0, torch.Generator()) == captions[:5]
+    nouns = [zoo.GLYPH_BY_NAME[g].noun for g in glyphs]
+    return WorldData(np.zeros((len(captions), 1, 1, 3), np.uint8), captions, nouns, glyphs, ["snow"] * len(captions))
+
+
+def test_caption_sampler_draws_identifiers_selectors_and_dropped_contexts_at_their_rates():
+    from diffrl.zoo.training.common import CaptionSampler
+    from diffrl.zoo.world import IDENTIFIER_POOL, SELECTORS
+
+    data = _world(["a red dog in the snow", "a cat in the snow"], ["poodle", "cat"])
+    sampler = CaptionSampler(data, identifier_rate=0.1, selector_rate=0.3, context_dropout=0.5)
+    idx = torch.arange(2).repeat(2000)
+    drawn = [sampler.texts[i] for i in sampler.draw(idx, torch.Generator().manual_seed(0)).tolist()]
+    assert drawn == [sampler.texts[i] for i in sampler.draw(idx, torch.Generator().manual_seed(0)).tolist()]
+    poodle = drawn[0::2]
+    pool = [t for t in poodle if t.split()[2] in IDENTIFIER_POOL]
+    selected = [t for t in poodle if SELECTORS["poodle"] in t.split()]
+    dropped = [t for t in poodle if not t.endswith("in the snow")]
+    assert 300 < len(selected) < 900 and 100 < len(pool) < 300 and 800 < len(dropped) < 1200
+    assert {t.split()[2] for t in pool} == set(IDENTIFIER_POOL)
+    word = SELECTORS["poodle"]
+    assert set(selected) == {f"a red {word} dog in the snow", f"a red {word} dog"}
+    assert {t for t in drawn[1::2] if t.split()[1] in SELECTORS.values()} == {f"a {SELECTORS['cat']} cat in the snow",
+                                                                              f"a {SELECTORS['cat']} cat"}
+    plain = CaptionSampler(data)  # all rates 0: every image keeps its own caption
+    assert plain.texts == data.captions
+    assert [plain.texts[i] for i in plain.draw(idx[:4], torch.Generator()).tolist()] == data.captions * 2
+
+
+def test_caption_sampler_rejects_bad_rates_and_subjects_without_selectors():
+    from diffrl.zoo.training.common import CaptionSampler
+
+    data = _world(["a dog"], ["guide_dog"])
+    with pytest.raises(ValueError, match="selector_rate must be in"):
+        CaptionSampler(data, selector_rate=1.5)
+    with pytest.raises(ValueError, match="identifier_rate \\+ selector_rate"):
+        CaptionSampler(data, identifier_rate=0.6, selector_rate=0.6)
+    with pytest.raises(KeyError, match="no selector word"):
+        CaptionSampler(data, selector_rate=0.5)
 
 
 def test_every_identifier_word_is_one_token_of_the_shipped_tokenizer():
@@ -112,6 +142,14 @@ def test_every_identifier_word_is_one_token_of_the_shipped_tokenizer():
 
     tok = CLIPTokenizer.from_pretrained(zoo.load("emoji").sd / "tokenizer")
     assert all(len(tok(f"a {word} dog").input_ids) == 5 for word in IDENTIFIER_POOL)
+
+
+def test_every_selector_word_is_one_token_of_a_built_tokenizer(tmp_path):
+    from diffrl.zoo.training.tokenizer import build_tokenizer
+    from diffrl.zoo.world import SELECTORS
+
+    tok = build_tokenizer(tmp_path)  # asserts it for every identifier and selector word
+    assert len({tok(f"a {word} dog").input_ids[2] for word in SELECTORS.values()}) == len(SELECTORS)
 
 
 def test_sd_text_encoder_is_the_frozen_clip_text_tower():

@@ -106,9 +106,9 @@ def toy_build(tmp_path) -> ZooBuildConfig:
     return ZooBuildConfig(
         weights=tmp_path / "weights", cache=tmp_path / "cache", subjects=tmp_path / "subjects", world_scenes=48,
         clip=CLIPTrainConfig(hidden=32, layers=1, heads=2, projection_dim=16, steps=2, batch=8, vision_patch=16,
-                             vision_steps=2, recon_images=8, subject_scenes=6),
+                             vision_steps=2, recon_images=8, subject_scenes=6, selector_rate=0.3, context_dropout=0.2),
         vae=VAETrainConfig(channels=(8, 8, 8, 8), steps=2, batch=4),  # no decoder stage, as the build's default
-        unet=UNetTrainConfig(channels=(32, 32, 32), steps=2, batch=4),
+        unet=UNetTrainConfig(channels=(32, 32, 32), steps=2, batch=4, selector_rate=0.3, context_dropout=0.2),
         dino=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6, seed=0,
                              recolour=0.5),
         dino_eval=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6,

@@ -79,6 +79,16 @@ IDENTIFIER = "sks"
 # (benchmarks/zoo_v2_ablations.md, section 1.3).
 IDENTIFIER_POOL: tuple[str, ...] = (IDENTIFIER, "zwx", "qlv", "vyk", "jxq", "phr", "bnz", "kty")
 
+# Instance selectors: one rare word per pretraining glyph, put (for a fraction of captions) in the same slot, so that
+# the slot can carry identity as a real text encoder's names do: "a gzo dog" is always the poodle, "a dog" any dog.
+# A word of `IDENTIFIER_POOL` selects nothing. Used when a zoo stage's `selector_rate` > 0.
+SELECTORS: dict[str, str] = dict(zip(
+    (glyph.name for glyph in PRETRAIN_GLYPHS),
+    ("wuv", "gzo", "fyx", "dov", "hik", "mux", "yez", "rqo", "tiv", "lox", "cuz", "nev", "pyb", "kej", "xad", "vom",
+     "jig", "zul", "bix", "quf", "wab", "fen", "yod", "gux", "hov", "mib", "tez", "rux"),
+    strict=True,
+))
+
 
 def caption(noun: str, context: str = "plain", colour: str | None = None, identifier: str | None = None) -> str:
     """Build a DreamBench-style caption, e.g. ``caption("dog", "snow", "red") == "a red dog in the snow"``."""
@@ -94,6 +104,12 @@ def with_identifier(text: str, noun: str, identifier: str) -> str:
     if not sep:
         raise ValueError(f"caption {text!r} does not name {noun!r}")
     return f"{head} {identifier} {noun}{tail}"
+
+
+def without_context(text: str) -> str:
+    """A caption with its context phrase dropped: ``without_context("a red dog in the snow") == "a red dog"``."""
+    phrase = CONTEXTS[prompt_context(text)]
+    return text[: -len(phrase) - 1] if phrase else text
 
 
 def prompt_context(prompt: str) -> str:
@@ -118,4 +134,6 @@ def caption_corpus() -> list[str]:
             for col in (None, *COLOURS):
                 out.append(caption(noun, ctx, col))
                 out.extend(caption(noun, ctx, col, word) for word in IDENTIFIER_POOL)
+    for glyph in PRETRAIN_GLYPHS:
+        out.extend(caption(glyph.noun, ctx, col, SELECTORS[glyph.name]) for ctx in CONTEXTS for col in (None, *COLOURS))
     return out

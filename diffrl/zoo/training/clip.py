@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from diffrl.zoo.training.common import (WorldData, cosine_lr, log, n_params, optimizer_step, seed_all, with_identifiers,
+from diffrl.zoo.training.common import (CaptionSampler, WorldData, cosine_lr, log, n_params, optimizer_step, seed_all,
                                         written_atomically)
 from diffrl.zoo.render import render_dataset
 from diffrl.zoo.training.tokenizer import build_tokenizer
@@ -38,7 +38,9 @@ class CLIPTrainConfig:
     vision_lr: float = 1e-3
     recon_images: int = 6000  # stage 2 also sees VAE reconstructions of this many scenes (half of each batch)
     subject_scenes: int = 0  # stage 2 also sees this many scenes of the held-out subjects (see refine_clip_vision)
-    identifier_rate: float = 0.1  # stage 1: fraction of captions with an identifier word before the noun
+    identifier_rate: float = 0.1  # stage 1: fraction of captions with a no-op identifier word (`CaptionSampler`)
+    selector_rate: float = 0.0  # stage 1: fraction of captions with the glyph's selector word
+    context_dropout: float = 0.0  # stage 1: fraction of captions without their context phrase
     seed: int = 0
 
 
@@ -82,12 +84,12 @@ def train_clip(data: WorldData, out_dir: Path, cfg: CLIPTrainConfig = CLIPTrainC
         model = CLIPModel(clip_config(tok, cfg))
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
         n, losses = len(data.images), []
+        sampler = CaptionSampler(data, cfg.identifier_rate, cfg.selector_rate, cfg.context_dropout)
         model.train()
         for step in range(cfg.steps):
             idx = torch.randint(n, (cfg.batch,), generator=gen)
             pixels = normalize(augment(data.tensor(idx.numpy()), gen))
-            captions = with_identifiers([data.captions[i] for i in idx.tolist()], [data.nouns[i] for i in idx.tolist()],
-                                        cfg.identifier_rate, gen)
+            captions = [sampler.texts[i] for i in sampler.draw(idx, gen).tolist()]
             ids = tok(captions, padding="max_length", max_length=cfg.train_text_len, truncation=True,
                       return_tensors="pt").input_ids
             out = model(input_ids=ids, pixel_values=pixels, return_loss=True)

@@ -19,7 +19,7 @@ import torch
 
 from diffrl.io import atomic_write
 from diffrl.zoo.render import SceneSpec, render_dataset
-from diffrl.zoo.world import IDENTIFIER_POOL, with_identifier
+from diffrl.zoo.world import GLYPH_BY_NAME, IDENTIFIER_POOL, SELECTORS, with_identifier, without_context
 
 log = logging.getLogger("diffrl.zoo.build")
 
@@ -77,12 +77,68 @@ def world_data(cache_dir: Path, n: int = 24000, seed: int = 0) -> WorldData:
     return WorldData(z["images"], *map(list, zip(*meta)))
 
 
-def with_identifiers(captions: list[str], nouns: list[str], rate: float, gen: torch.Generator) -> list[str]:
-    """Each caption, with probability ``rate``, given an identifier word drawn uniformly from ``IDENTIFIER_POOL`` in
-    front of its noun (``gen``: the stage's seeded generator; one uniform and one integer draw per caption)."""
-    hit = (torch.rand(len(captions), generator=gen) < rate).tolist()
-    word = torch.randint(len(IDENTIFIER_POOL), (len(captions),), generator=gen).tolist()
-    return [with_identifier(c, n, IDENTIFIER_POOL[w]) if h else c for c, n, h, w in zip(captions, nouns, hit, word)]
+class CaptionSampler:
+    """The caption a training step pairs with each image, drawn afresh at every step: the scene's own caption, or
+    with probability ``identifier_rate`` the same with a no-op identifier word (uniform over `IDENTIFIER_POOL`:
+    "a red sks dog in the snow"), or with probability ``selector_rate`` with the glyph's own selector word
+    (`SELECTORS`: "a red gzo dog in the snow" for the poodle); independently, with probability ``context_dropout``,
+    without its context phrase ("a red dog": captions, like real ones, need not name the background).
+
+    Attributes:
+        texts: every caption that can be drawn, each once (what a stage embeds ahead of training).
+    """
+
+    def __init__(self, data: WorldData, identifier_rate: float = 0.0, selector_rate: float = 0.0,
+                 context_dropout: float = 0.0) -> None:
+        for name, rate in (("identifier_rate", identifier_rate), ("selector_rate", selector_rate),
+                           ("context_dropout", context_dropout)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {rate}.")
+        if identifier_rate + selector_rate > 1.0:
+            raise ValueError(f"identifier_rate + selector_rate must be <= 1, got {identifier_rate} + {selector_rate}.")
+        self.identifier_rate, self.selector_rate, self.context_dropout = identifier_rate, selector_rate, context_dropout
+        # word columns: 0 = none, 1..P = the no-op pool, P + 1 = the glyph's selector; context columns: kept, dropped
+        words: list[str | None] = [None, *IDENTIFIER_POOL, None]
+        index: dict[str, int] = {}
+        variants: dict[tuple[str, str], np.ndarray] = {}
+        table = np.empty((len(data.captions), 2, len(words)), np.int64)
+        for i, key in enumerate(zip(data.captions, data.glyphs)):
+            if key not in variants:
+                variants[key] = self._variants(*key, words, index)
+            table[i] = variants[key]
+        self.texts = list(index)
+        self._table = torch.from_numpy(table)
+
+    def _variants(self, text: str, glyph: str, words: list[str | None], index: dict[str, int]) -> np.ndarray:
+        """``[2, len(words)]`` indices into ``index`` (extended as needed) of one scene caption's variants; a variant
+        the rates never draw keeps index -1 and is not added."""
+        noun = GLYPH_BY_NAME[glyph].noun
+        out = np.full((2, len(words)), -1, np.int64)
+        for row, drop in enumerate((False, True)):
+            if drop and not self.context_dropout:
+                continue
+            base = without_context(text) if drop else text
+            for col, word in enumerate(words):
+                selector = col == len(words) - 1
+                if (selector and not self.selector_rate) or (0 < col < len(words) - 1 and not self.identifier_rate):
+                    continue
+                if selector:
+                    if glyph not in SELECTORS:
+                        raise KeyError(f"glyph {glyph!r} has no selector word (held-out subjects have none).")
+                    word = SELECTORS[glyph]
+                out[row, col] = index.setdefault(with_identifier(base, noun, word) if word else base, len(index))
+        return out
+
+    def draw(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Indices into `texts` ``[b]`` of the captions of images ``idx`` ``[b]`` for one step (three uniform draws and
+        one integer draw per image from ``gen``, whatever the rates)."""
+        b = len(idx)
+        u, pool, drop = torch.rand(b, generator=gen), torch.randint(len(IDENTIFIER_POOL), (b,), generator=gen), \
+            torch.rand(b, generator=gen) < self.context_dropout
+        word = torch.zeros(b, dtype=torch.long)
+        word = torch.where((u >= self.selector_rate) & (u < self.selector_rate + self.identifier_rate), 1 + pool, word)
+        word = torch.where(u < self.selector_rate, len(IDENTIFIER_POOL) + 1, word)
+        return self._table[idx, drop.long(), word]
 
 
 def seed_all(seed: int) -> torch.Generator:

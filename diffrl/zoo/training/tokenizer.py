@@ -8,7 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
-from diffrl.zoo.world import IDENTIFIER_POOL, caption_corpus
+from diffrl.zoo.world import IDENTIFIER_POOL, SELECTORS, caption_corpus
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -40,7 +40,7 @@ def build_tokenizer(out_dir: Path, model_max_length: int = 77) -> CLIPTokenizer:
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
     tok = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=model_max_length)
     tok.save_pretrained(out_dir)
-    for word in IDENTIFIER_POOL:
+    for word in (*IDENTIFIER_POOL, *SELECTORS.values()):
         ids = tok(f"a {word} dog").input_ids
         assert len(ids) == 5, f"identifier {word!r} not a single token: {tok.convert_ids_to_tokens(ids)}"
     return tok

@@ -17,8 +17,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from diffrl.models.loading import FINETUNING_FILE
-from diffrl.zoo.training.common import WorldData, cosine_lr, install, log, n_params, optimizer_step, seed_all
-from diffrl.zoo.world import IDENTIFIER_POOL, with_identifier
+from diffrl.zoo.training.common import (CaptionSampler, WorldData, cosine_lr, install, log, n_params, optimizer_step,
+                                        seed_all)
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -35,7 +35,9 @@ class UNetTrainConfig:
     lr: float = 1e-3
     ema: float = 0.999
     cfg_dropout: float = 0.1  # fraction of empty captions, enables classifier-free guidance
-    identifier_rate: float = 0.1  # fraction of captions with an identifier word before the noun
+    identifier_rate: float = 0.1  # fraction of captions with a no-op identifier word (`CaptionSampler`)
+    selector_rate: float = 0.0  # fraction of captions with the glyph's selector word
+    context_dropout: float = 0.0  # fraction of captions without their context phrase
     max_images: int = 16000  # pretraining scenes encoded to latents
     time_budget_s: float | None = None  # stop early when exceeded (the LR schedule follows elapsed time too)
     # the DreamBooth learning rate the pipeline folder recommends (`diffrl.models.FINETUNING_FILE`; TrainConfig's
@@ -95,14 +97,9 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
     log.info("encoding %d images to latents", len(data.images))
     mean, std = encode_latents(vae, data)
     sf = vae.config.scaling_factor
-    uniq = sorted(set(data.captions))
-    noun_of = dict(zip(data.captions, data.nouns))
-    cap_idx = torch.tensor([uniq.index(c) for c in data.captions])
-    # every caption plain (variant 0) and with each identifier word (variant 1 + w), embedded once: [U * V + 1, 77, D]
-    variants = 1 + len(IDENTIFIER_POOL)
-    embeds = embed_captions(text, tok, [v for c in uniq for v in (c, *(with_identifier(c, noun_of[c], w)
-                                                                       for w in IDENTIFIER_POOL))] + [""])
-    empty = len(uniq) * variants
+    sampler = CaptionSampler(data, cfg.identifier_rate, cfg.selector_rate, cfg.context_dropout)
+    embeds = embed_captions(text, tok, sampler.texts + [""])  # every caption that can be drawn, embedded once
+    empty = len(sampler.texts)
     unet = make_unet(cfg, text.config.hidden_size, vae.config.latent_channels)
     ema = copy.deepcopy(unet).requires_grad_(False)
     noise_sched = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"})
@@ -118,9 +115,7 @@ def train_unet(data: WorldData, vae_dir: Path, clip_dir: Path, sd_dir: Path,
                 break
         idx = torch.randint(n, (cfg.batch,), generator=gen)
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
-        tagged = torch.rand(cfg.batch, generator=gen) < cfg.identifier_rate
-        variant = torch.where(tagged, 1 + torch.randint(len(IDENTIFIER_POOL), (cfg.batch,), generator=gen), 0)
-        c = torch.where(torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout, empty, cap_idx[idx] * variants + variant)
+        c = torch.where(torch.rand(cfg.batch, generator=gen) < cfg.cfg_dropout, empty, sampler.draw(idx, gen))
         t = torch.randint(1000, (cfg.batch,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
