@@ -55,7 +55,8 @@ from diffrl.training.policy_gradient import (  # noqa: E402
 
 METHOD_SETTINGS = {"ddpo": {"method": "ddpo"}, "grpo": {"method": "grpo", "kl_weight": 0.01},
                    "grpo_kl02": {"method": "grpo", "kl_weight": 0.02}, "grpo_kl05": {"method": "grpo", "kl_weight": 0.05},
-                   "draft": {"method": "draft", "draft_k": 1}, "dpg": {"method": "dpg"}}
+                   "draft": {"method": "draft", "draft_k": 1}, "dpg": {"method": "dpg"},
+                   "dpg_kl1": {"method": "dpg", "kl_weight": 1.0}, "dpg_kl10": {"method": "dpg", "kl_weight": 10.0}}
 """Rows of the table: a name -> the `PolicyGradientConfig` fields that make the method (no flag; add rows instead)."""
 TARGET_GAIN, TARGET_CLASS_ACCURACY = 0.20, 0.70
 GRID_IMAGES = 16

@@ -346,6 +346,36 @@ def test_non_finite_rewards_are_a_clear_error(components):
         loss(make_batch(loss.reference_env))
 
 
+def test_base_anchor_is_zero_at_the_base_model_and_pulls_the_actor_back(components):
+    """base_weight: mse(mu(s), mu_base(s)) at the actor's states, 0 while the U-Net is the base model; its gradient
+    moves the actor towards the frozen base policy (and the frozen copy gets none)."""
+    frozen = UNetActor(copy.deepcopy(components.unet).requires_grad_(False), 1.0)
+    transitions = make_env(components, LookForwardReward(), seed=100)
+    critic = QCritic(SHAPE, 32, width=8, inputs=("x0_hat", "x0", "lookforward_error"))
+    config = DPGConfig(eps_weight=0.0, base_weight=1.0, lam=0.0)
+    loss = DPGLoss(transitions, UNetActor(components.unet, 1.0), critic, config,
+                   reference_env=make_env(components, seed=0), reference_actor=frozen)
+    batch = make_batch(loss.reference_env)
+    assert loss(batch)["base_mse"] == 0
+    with torch.no_grad():
+        for p in components.unet.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    before = loss(batch)["base_mse"]
+    assert before > 0
+    optimizer = torch.optim.SGD(loss.actor_parameters(), lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss(batch)["loss_actor"].backward()
+        optimizer.step()
+    assert loss(batch)["base_mse"] < before
+    assert all(p.grad is None for p in frozen.parameters())
+    with pytest.raises(ValueError, match="base_weight > 0 anchors the actor to the frozen base policy"):
+        DPGLoss(transitions, UNetActor(components.unet, 1.0), critic, config, reference_env=loss.reference_env)
+    with pytest.raises(ValueError, match="guidance_scale=1.0"):
+        DPGLoss(transitions, UNetActor(components.unet, 1.0), critic, config, reference_env=loss.reference_env,
+                reference_actor=UNetActor(frozen.unet, 3.0))
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("exploration_actions", 0), ("critic_updates", 0), ("warmup_steps", -1), ("exploration_space", "pixels"),

@@ -181,15 +181,17 @@ def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, m
 
 def test_pg_trainer_dpg_learns_a_critic_of_the_own_samples_and_resumes_it_exactly(tiny_sd_path, tmp_path):
     """DPG over prompts: the critic's envs score each own sample against its own prompt, the actor reads Q after the
-    warm-up, and a resumed run restores the critic, its targets and the replay buffer exactly."""
+    warm-up and is anchored to the frozen base model (kl_weight), and a resumed run restores the critic, its targets
+    and the replay buffer exactly."""
     from diffrl.training import read_history
     from diffrl.training.policy_gradient import PolicyGradientTrainer
 
-    settings = dict(method="dpg", warmup_steps=1, iterations=3)
+    settings = dict(method="dpg", warmup_steps=1, iterations=3, kl_weight=1.0)
     straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", **settings))
     straight.train()
     assert straight.loss.env.prompts == straight.collector.env.prompts == straight.loss.reference_env.prompts
     history = read_history(tmp_path / "straight")
+    assert history[0]["base_mse"] == 0 and history[-1]["base_mse"] > 0  # the anchor to the frozen base model
     assert [r["lam"] for r in history][0] == 0 and history[-1]["lam"] > 0  # the warm-up, then Q in the actor loss
     assert all(r["loss_critic"] > 0 and r["grad_norm_critic"] > 0 for r in history)
     PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", **{**settings, "iterations": 2})).train()
@@ -294,7 +296,7 @@ def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
         pg_config(tiny_sd_path, tmp_path, "x", method="ppo")
     with pytest.raises(ConfigError, match="Unknown reward 'aesthetic'; choose from"):
         pg_config(tiny_sd_path, tmp_path, "x", reward="aesthetic")
-    with pytest.raises(ConfigError, match="kl_weight is GRPO's"):
+    with pytest.raises(ConfigError, match="kl_weight anchors GRPO or DPG to the base model"):
         pg_config(tiny_sd_path, tmp_path, "x", kl_weight=0.1)
     with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use \['ddpo', 'grpo', 'dpg'\], or a differentiable reward \(\['red'\]\)"):
         pg_config(tiny_sd_path, tmp_path, "x", method="draft", reward="jpeg")

@@ -17,7 +17,7 @@ from diffrl.agents.critic import QCritic
 from diffrl.envs.denoising import DenoisingEnv
 from diffrl.objectives.base import DiffusionLoss, check_reference_env, check_unguided, check_weight, metric
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS, actor_weight
-from diffrl.rewards import RewardInputs, look_forward
+from diffrl.rewards import look_forward
 
 EXPLORATION_SPACES = ("x0", "eps")
 CRITIC_FORMS = ("reward_value", "q")
@@ -39,6 +39,10 @@ class DPGConfig:
         y = r + gamma (1 - done) Q_target(s', mu(s')) (the paper's literal form; it must infer V(s') from (s, a)).
         Without ``bootstrap`` both are R_phi alone.
     eps_weight: weight of the DreamBooth eps-MSE on the instance batch (the paper uses 1).
+    base_weight: weight of ``mse(mu(s), mu_base(s))``, the squared distance of the actor's action to the frozen base
+        policy's at the same noised states (``reference_actor`` of `DPGLoss`): for two Gaussian steps of one std the
+        KL between them is proportional to it, so it anchors the policy to the base model where the eps-MSE on its
+        own samples (the prompt task's anchor) would follow the policy. 0: no base policy is read.
     prior_weight: weight of the prior-preservation eps-MSE (used when the batch has ``"prior"``).
     exploration_std: std of the Gaussian exploration noise of the critic's behaviour actions.
     exploration_space: ``"x0"``: the noise has ``exploration_std`` in x0_hat space (latent units), i.e. eps-space std
@@ -69,6 +73,7 @@ class DPGConfig:
     bootstrap: bool = True
     critic_form: str = "reward_value"
     eps_weight: float = 1.0
+    base_weight: float = 0.0
     prior_weight: float = 1.0
     exploration_std: float = 0.1
     exploration_space: str = "x0"
@@ -88,7 +93,7 @@ class DPGConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
-        for name in ("lam", "eps_weight", "prior_weight", "exploration_std", "pair_weight", "reward_scale"):
+        for name in ("lam", "eps_weight", "base_weight", "prior_weight", "exploration_std", "pair_weight", "reward_scale"):
             check_weight(name, getattr(self, name))
         for name in ("exploration_actions", "replay_size", "critic_batch_size", "critic_updates"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
@@ -138,9 +143,9 @@ class DPGLoss(DiffusionLoss):
        the per-band statistics move towards z (PopArt), ``loss_critic = mse(net_norm(s, b_k), z_norm_k) +
        pair_weight * mse(net_norm(s, b_k) - net_norm(s, b_0), z_norm_k - z_norm_0) [+ mse(V_norm(s), y_norm_0)]``
        in each band's normalised units (`QCritic`).
-    4. **Actor loss** ``eps_weight * mse(mu(s), eps) + prior_weight * prior_mse - lam_t * mean(w(t) Q(s, mu(s)))``,
-       the critic (`DPGConfig.actor_reads`) read with detached parameters; lam_t = 0 during the warm-up, then ramps
-       to `lam`.
+    4. **Actor loss** ``eps_weight * mse(mu(s), eps) + prior_weight * prior_mse [+ base_weight * mse(mu(s),
+       mu_base(s))] - lam_t * mean(w(t) Q(s, mu(s)))``, the critic (`DPGConfig.actor_reads`) read with detached
+       parameters; lam_t = 0 during the warm-up, then ramps to `lam`.
 
     The next action mu(s'_k) is the policy's at collection time (the replay capacity bounds its age); the trainer runs
     ``critic_updates - 1`` more critic updates per actor step through `auxiliary_loss`.
@@ -148,7 +153,7 @@ class DPGLoss(DiffusionLoss):
     Logged: ``"reward"`` (mean r(s, mu(s)) of the policy's own action), ``"reward_explore"`` (mean r of the
     behaviour actions b_1..b_K), ``"q_value"``, ``"td_target"``, ``"td_error"``, ``"critic_r2"`` (replay sample) and
     ``"critic_r2_fresh"`` (the new group, before the critic trains on it), ``"value_r2"`` (V, reward_value form),
-    ``"lam"``, ``"eps_mse"``, ``"prior_mse"``.
+    ``"lam"``, ``"eps_mse"``, ``"prior_mse"``, ``"base_mse"`` (with ``base_weight > 0``).
 
     Args:
         env: a reference-mode `DenoisingEnv` with a per-step reward (typically ``num_inference_steps=999``, the
@@ -166,6 +171,8 @@ class DPGLoss(DiffusionLoss):
             states.
         text_encoder: the text encoder when it is trained too.
         seed: seed of the loss's generator (exploration noise, replay sampling); default: the env's seed + 1.
+        reference_actor: the frozen base policy (``UNetActor(base_unet, guidance_scale=1.0)``), required when
+            ``config.base_weight > 0``; it is not trained and not part of the loss's state.
     """
 
     critic: QCritic
@@ -186,6 +193,7 @@ class DPGLoss(DiffusionLoss):
         reference_env: DenoisingEnv | None = None,
         text_encoder: nn.Module | None = None,
         seed: int | None = None,
+        reference_actor: UNetActor | None = None,
     ) -> None:
         check_reference_env(env, "DPGLoss")
         check_unguided(actor, "DPGLoss")
@@ -194,6 +202,11 @@ class DPGLoss(DiffusionLoss):
         if env.config.reward_mode != "per_step":
             raise ValueError(f"DPGLoss needs per-step rewards r(s_t, a): got reward_mode={env.config.reward_mode!r}.")
         config = config or DPGConfig()
+        if config.base_weight > 0:
+            if reference_actor is None:
+                raise ValueError("DPGConfig.base_weight > 0 anchors the actor to the frozen base policy: pass "
+                                 "reference_actor=UNetActor(base_unet, guidance_scale=1.0).")
+            check_unguided(reference_actor, "DPGLoss's reference_actor")
         for name, network in (("critic", critic), ("value_network", value_network)):
             if network is not None and network.latent_shape != tuple(env.latent_shape):
                 raise ValueError(f"{name} latent_shape {network.latent_shape} != env latent shape {tuple(env.latent_shape)}.")
@@ -209,6 +222,7 @@ class DPGLoss(DiffusionLoss):
                                  f"'x0' for rewards that compare with the reference), got {list(value_network.inputs)}.")
         super().__init__(env, actor, reference_env=reference_env, text_encoder=text_encoder, same_batch_size=False)
         self.config = config
+        self.__dict__["reference_actor"] = reference_actor if config.base_weight > 0 else None  # frozen, not a submodule
         self.convert_to_functional(critic, "critic", create_target_params=True)
         if value_network is None:
             self.value_network = None
@@ -494,6 +508,12 @@ class DPGLoss(DiffusionLoss):
         lam = self.current_lam()
         eps_mse = self.eps_mse(state)
         loss_actor = self.config.eps_weight * eps_mse
+        if self.reference_actor is not None:
+            with torch.no_grad():
+                base_action = self.reference_actor(state.exclude("action"))["action"]
+            base_mse = nn.functional.mse_loss(action, base_action)
+            loss_actor = loss_actor + self.config.base_weight * base_mse
+            out["base_mse"] = metric(base_mse)
         if lam > 0:
             abar = self.env.schedule.abar(state["timestep"]).to(action)
             weight = actor_weight(self.config.actor_weighting, state["timestep"], abar, self.config.gamma)

@@ -85,15 +85,20 @@ def _build_ddpo(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActo
     return DDPOLoss(env, actor, DDPOConfig(clip_range=config.clip_range))
 
 
-def _build_grpo(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor) -> nn.Module:
+def base_policy(config: PolicyGradientConfig, env: DenoisingEnv, guidance_scale: float) -> UNetActor:
+    """A frozen copy of the base U-Net (``config.pretrained``) as a policy with ``guidance_scale``: the reference of
+    GRPO's KL and of DPG's base anchor."""
     from diffrl.agents import UNetActor
     from diffrl.models import load_sd_components
+
+    base = load_sd_components(config.pretrained, scheduler="ddim", device=env.device).unet.requires_grad_(False)
+    return UNetActor(base, guidance_scale=guidance_scale)
+
+
+def _build_grpo(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor) -> nn.Module:
     from diffrl.objectives import GRPOConfig, GRPOLoss
 
-    reference = None
-    if config.kl_weight > 0:  # a frozen copy of the base U-Net
-        base = load_sd_components(config.pretrained, scheduler="ddim", device=env.device).unet.requires_grad_(False)
-        reference = UNetActor(base, guidance_scale=config.guidance_scale)
+    reference = base_policy(config, env, config.guidance_scale) if config.kl_weight > 0 else None
     return GRPOLoss(env, actor, GRPOConfig(clip_range=config.clip_range, kl_weight=config.kl_weight),
                     reference_actor=reference)
 
@@ -120,9 +125,10 @@ def _build_dpg(config: PolicyGradientConfig, env: DenoisingEnv, actor: UNetActor
 
     transitions = states(PG_REWARDS[config.reward](), 3)  # steps the critic's explored actions, scoring each
     critic = QCritic(transitions.latent_shape, env.components.text_encoder.config.hidden_size, inputs=("x0_hat",))
-    return DPGLoss(transitions, UNetActor(actor.unet, guidance_scale=1.0), critic.to(env.device),
-                   DPGConfig(lam=config.lam, warmup_steps=config.warmup_steps), reference_env=states(None, 4),
-                   seed=derive_seed(seed, 5))
+    settings = DPGConfig(lam=config.lam, warmup_steps=config.warmup_steps, base_weight=config.kl_weight)
+    reference = base_policy(config, env, 1.0) if config.kl_weight > 0 else None
+    return DPGLoss(transitions, UNetActor(actor.unet, guidance_scale=1.0), critic.to(env.device), settings,
+                   reference_env=states(None, 4), seed=derive_seed(seed, 5), reference_actor=reference)
 
 
 PG_METHODS: dict[str, PGMethod] = {
@@ -205,7 +211,9 @@ class PolicyGradientConfig:
         (``StableDiffusionPipeline.from_pretrained(pretrained)``, then ``pipe.load_lora_weights(model/)``).
     grad_clip: max gradient norm of the U-Net.
     clip_range: PPO's epsilon.
-    kl_weight: GRPO's weight of the KL to the frozen base model (0: no reference copy).
+    kl_weight: weight of the anchor to the frozen base model (0: no reference copy): GRPO's per-step KL; DPG's
+        `DPGConfig.base_weight` (the mean squared difference of the U-Net's and the base model's noise predictions at
+        the actor's states, a KL up to a constant factor).
     draft_k: DRaFT's number of final sampling steps differentiated through (1 <= draft_k <= inference_steps).
     seed: seed of the collection, the sampling noise and the minibatch order (process k draws from seeds derived from
         (seed, k): every process collects its own prompts and trajectories).
@@ -270,8 +278,9 @@ class PolicyGradientConfig:
         if self.eta <= 0 or self.lr <= 0 or self.lr_critic <= 0 or self.clip_range <= 0:
             raise ConfigError(f"eta, lr, lr_critic and clip_range must be > 0 (eta = 0 has no log-probabilities), got "
                               f"eta={self.eta}, lr={self.lr}, lr_critic={self.lr_critic}, clip_range={self.clip_range}.")
-        if self.kl_weight > 0 and self.method != "grpo":
-            raise ConfigError("kl_weight is GRPO's KL to the base model: use method='grpo' or kl_weight=0.")
+        if self.kl_weight > 0 and self.method not in ("grpo", "dpg"):
+            raise ConfigError("kl_weight anchors GRPO or DPG to the base model: use method='grpo' or 'dpg', or "
+                              "kl_weight=0.")
         if self.draft_k > self.inference_steps:
             raise ConfigError(f"draft_k ({self.draft_k}) must be <= inference_steps ({self.inference_steps}).")
         if PG_METHODS[self.method].differentiable_reward and not PG_REWARDS[self.reward]().differentiable:
