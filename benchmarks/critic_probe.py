@@ -107,7 +107,7 @@ def heldout(trainer: Trainer, probe: ProbeConfig) -> dict:
     rounds = -(-probe.heldout_states // loss.env.batch_size[0])
     data = []
     for index in range(rounds):
-        state = loss.noised_states(trainer.batch(index), generator)
+        state = loss.noised_states(trainer.collector.collect(index), generator)
         data.append((state, loss.collect(state, generator)))
     result = score_critic(loss, data)
     names = ["critic"] + ([] if loss.value_network is None else ["value_network"])

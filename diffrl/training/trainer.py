@@ -20,11 +20,10 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from diffrl.collectors.personalisation import PersonalisationBatchConfig, PersonalisationCollector
 from diffrl.data.images import list_images
 from diffrl.models import (
     SDComponents,
-    encode_images,
-    encode_prompts,
     load_sd_components,
 )
 from diffrl.training.acceleration import (
@@ -48,8 +47,6 @@ from diffrl.training.data import (
     check_identifier,
     derive_seed,
     ensure_class_images,
-    global_rows,
-    schedule_noise,
 )
 from diffrl.training.export import save_model
 from diffrl.training.history import read_history
@@ -132,7 +129,10 @@ class Trainer:
         augment = dict(random_flip=config.random_flip, crop_scale=config.random_crop_scale)
         self.instances = ReferenceImages(instance_paths, self.resolution, **augment)
         self.classes = ReferenceImages(self._class_images(), self.resolution, **augment) if config.prior_preservation else None
-        self.embeds = self._encode_fixed_prompts()
+        self.collector = PersonalisationCollector(self.components, self.instances, self.classes, PersonalisationBatchConfig(
+            config.instance_prompt, config.class_prompt if config.prior_preservation else None, config.seed,
+            config.batch_size, config.gradient_accumulation_steps, config.num_inference_steps,
+            config.train_text_encoder), self.rank, self.world)
         context = TrainingContext(self.components, self.instances.stacked.to(self.accelerator.device), derive_seed(config.seed, self.rank))
         self.loss = loss_factory(config, context)
         self.actor_params = list(self.loss.actor_parameters())  # includes the text encoder's when it is trained
@@ -198,53 +198,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return ensure_class_images(folder, config.num_class_images, make)
 
-    def _encode(self, prompts: list[str]) -> Tensor:
-        return encode_prompts(self.components.tokenizer, self.components.text_encoder, prompts)
-
-    def _encode_fixed_prompts(self) -> dict[str, Tensor]:
-        with torch.no_grad():
-            prompts = {"negative": "", "instance": self.config.instance_prompt, "class": self.config.class_prompt or ""}
-            embeds = self._encode(list(prompts.values()))
-        return {name: embeds[i : i + 1] for i, name in enumerate(prompts)}
-
     # ------------------------------------------------------------------ one step
-    def batch(self, step: int, micro: int = 0) -> TensorDict:
-        """The loss module's input for micro-batch `micro` of `step`: this process's rows of the global batch (a pure
-        function of seed, step, micro-batch and process; see `diffrl.training.data.global_rows`)."""
-        config, device, size = self.config, self.accelerator.device, self.config.batch_size
-        position = step * config.gradient_accumulation_steps + micro
-        rows = global_rows(position, size, self.rank, self.world)
-        images = self.instances.batch(position, size, config.seed, self.rank, self.world).to(device)
-        with torch.no_grad():
-            x0 = encode_images(self.components.vae, images)
-        trained = config.train_text_encoder
-        instance = self._encode([config.instance_prompt]) if trained else self.embeds["instance"]
-        batch = TensorDict(
-            {
-                "x0": x0,
-                "prompt_embeds": instance.expand(size, -1, -1),
-                "negative_prompt_embeds": self.embeds["negative"].expand(size, -1, -1),
-                **self._noise(config.seed, rows, x0),
-            },
-            batch_size=[size],
-        )
-        if self.classes is not None:
-            class_seed = derive_seed(config.seed, 2)
-            class_images = self.classes.batch(position, size, class_seed, self.rank, self.world).to(device)
-            with torch.no_grad():
-                prior_x0 = encode_images(self.components.vae, class_images)
-            embeds = self._encode([config.class_prompt]) if trained else self.embeds["class"]
-            batch["prior"] = TensorDict(
-                {"x0": prior_x0, "prompt_embeds": embeds.expand(size, -1, -1), **self._noise(class_seed, rows, prior_x0)},
-                batch_size=[size],
-            )
-        return batch
-
-    def _noise(self, seed: int, rows: range, x0: Tensor) -> dict[str, Tensor]:
-        """``"noise"`` and ``"step"`` (schedule index) of each row, drawn per global row (`schedule_noise`)."""
-        noise, step = schedule_noise(seed, rows, x0.shape[1:], self.config.num_inference_steps, x0.device)
-        return {"noise": noise.to(x0.dtype), "step": step}
-
     def train_step(self) -> dict[str, float]:
         """One optimizer step: forward and backward of ``gradient_accumulation_steps`` micro-batches (DDP averages the
         gradients over processes on the last), clipping, the optimizer, schedule, EMA and target updates, then the
@@ -284,7 +238,7 @@ class Trainer:
     def _forward_backward(self, micro: int) -> tuple[dict[str, float], bool]:
         """Forward and backward of one micro-batch; returns its logs and whether it was non-finite and skipped."""
         with self.accelerator.autocast():
-            out = self.model(self.batch(self.step, micro))
+            out = self.model(self.collector.collect(self.step, micro))
         terms = {key: value for key, value in out.items() if key.startswith("loss_")}
         if not terms:
             raise RuntimeError(f"The loss module returned no 'loss_*' keys (got {list(out.keys())}).")
@@ -322,7 +276,7 @@ class Trainer:
         if not isinstance(self.loss, DPGLoss):
             return {}
         generator = torch.Generator(device=self.accelerator.device).manual_seed(derive_seed(self.config.seed, self.step, 3))
-        return {f"critic/{key}": value for key, value in diagnose(self.loss, self.batch(self.step), generator).items()}
+        return {f"critic/{key}": value for key, value in diagnose(self.loss, self.collector.collect(self.step), generator).items()}
 
     def _handle_nonfinite(self, terms: dict[str, Tensor], logs: dict[str, float]) -> bool:
         """Raise, or warn and report that the step is skipped (True)."""
