@@ -311,6 +311,13 @@ def test_jpeg_compressibility_and_color_target() -> None:
     assert ColorTargetReward(brightness=0.2)(make_inputs(1, images=red)).item() == pytest.approx(-(0.299 - 0.2))
     with pytest.raises(ValueError, match="exactly one"):
         ColorTargetReward()
+    backdrop = ColorTargetReward(target_rgb=(1.0, 0.0, 0.0), border=0.25)  # the outer 2 pixels of 8
+    framed = torch.zeros(1, 3, 8, 8)
+    framed[:, 0] = 1
+    framed[:, :, 2:6, 2:6] = torch.rand(3, 4, 4)  # whatever the subject in the middle is
+    assert backdrop(make_inputs(1, images=framed)).item() == 0 > color(make_inputs(1, images=framed)).item()
+    with pytest.raises(ValueError, match="border is a fraction"):
+        ColorTargetReward(target_rgb=(1.0, 0.0, 0.0), border=0.5)
 
 
 def test_noise_reward_is_a_fixed_function_of_the_pixels_without_signal():

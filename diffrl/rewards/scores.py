@@ -39,16 +39,22 @@ class ColorTargetReward(Reward):
     """Minus the distance of each image's mean colour to a target, colours in ``[0, 1]``.
 
     Give ``target_rgb=(r, g, b)`` for the Euclidean distance of the mean RGB colour, or ``brightness=b`` for
-    ``|mean luma - b|`` (BT.601 luma). Differentiable (reward backpropagation can use it); policy-gradient methods
-    and the critic treat it as a black box like any other score.
+    ``|mean luma - b|`` (BT.601 luma). With ``border=f`` (in (0, 0.5)) the mean is taken over the frame of width
+    ``f`` x the image side on every side only: the backdrop around a centred subject, so that the reward asks for a
+    colour of the scene without asking the subject to change. Differentiable (reward backpropagation can use it);
+    policy-gradient methods and the critic treat it as a black box like any other score.
     """
 
     requires = frozenset({"images"})
 
     def __init__(
-        self, target_rgb: Sequence[float] | None = None, brightness: float | None = None, name: str | None = None
+        self, target_rgb: Sequence[float] | None = None, brightness: float | None = None, name: str | None = None,
+        border: float = 0.0,
     ) -> None:
         super().__init__(name)
+        if not 0.0 <= border < 0.5:
+            raise ValueError(f"ColorTargetReward border is a fraction of the image side in [0, 0.5), got {border}.")
+        self.border = border
         if (target_rgb is None) == (brightness is None):
             raise ValueError("ColorTargetReward needs exactly one of target_rgb=(r, g, b) or brightness=b.")
         target = (brightness,) if target_rgb is None else tuple(target_rgb)
@@ -57,7 +63,15 @@ class ColorTargetReward(Reward):
         self.register_buffer("target", torch.tensor(target, dtype=torch.float32), persistent=False)
 
     def forward(self, inputs: RewardInputs) -> Tensor:
-        mean_rgb = inputs.images.float().mean(dim=(2, 3))  # [B, 3]
+        images = inputs.images.float()
+        if self.border:
+            height, width = images.shape[-2:]
+            frame = torch.ones(height, width, dtype=torch.bool, device=images.device)
+            dy, dx = max(1, round(height * self.border)), max(1, round(width * self.border))
+            frame[dy:-dy, dx:-dx] = False
+            mean_rgb = images[..., frame].mean(dim=-1)  # [B, 3]
+        else:
+            mean_rgb = images.mean(dim=(2, 3))  # [B, 3]
         if self.target.numel() == 1:
             luma = mean_rgb @ torch.tensor(LUMA_WEIGHTS, device=mean_rgb.device)
             return -(luma - self.target).abs()

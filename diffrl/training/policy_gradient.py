@@ -151,6 +151,12 @@ def _color_reward() -> nn.Module:
     return ColorTargetReward(target_rgb=(0.9, 0.15, 0.15))
 
 
+def _red_backdrop_reward() -> nn.Module:
+    from diffrl.rewards import ColorTargetReward
+
+    return ColorTargetReward(target_rgb=(0.9, 0.15, 0.15), border=0.15)
+
+
 def _jpeg_reward() -> nn.Module:
     from diffrl.rewards import JPEGCompressibilityReward
 
@@ -170,10 +176,12 @@ def _noise_reward() -> nn.Module:
 
 
 PG_REWARDS: dict[str, Callable[[], nn.Module]] = {
-    "red": _color_reward, "jpeg": _jpeg_reward, "context": _context_reward, "noise": _noise_reward,
+    "red": _color_reward, "red_backdrop": _red_backdrop_reward, "jpeg": _jpeg_reward, "context": _context_reward,
+    "noise": _noise_reward,
 }
 """Reward name -> factory of the reward of the final images: ``"red"`` (closeness of the mean colour to red;
-differentiable, so DRaFT can use it too), ``"jpeg"`` (JPEG compressibility, DDPO's; a black box), ``"context"`` (the
+differentiable, so DRaFT can use it too), ``"red_backdrop"`` (the same over the outer 15% frame of the image only:
+the scene's backdrop, not the subject), ``"jpeg"`` (JPEG compressibility, DDPO's; a black box), ``"context"`` (the
 zoo's pixel checker's evidence for the context the prompt names; a black box), ``"noise"`` (a control without
 signal: what the updates alone do to the model). Add entries for more."""
 
