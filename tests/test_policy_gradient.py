@@ -298,7 +298,7 @@ def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
         pg_config(tiny_sd_path, tmp_path, "x", reward="aesthetic")
     with pytest.raises(ConfigError, match="kl_weight anchors GRPO or DPG to the base model"):
         pg_config(tiny_sd_path, tmp_path, "x", kl_weight=0.1)
-    with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use \['ddpo', 'grpo', 'dpg'\], or a differentiable reward \(\['red'\]\)"):
+    with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use \['ddpo', 'grpo', 'dpg'\], or a differentiable reward \(\['red', 'red_backdrop'\]\)"):
         pg_config(tiny_sd_path, tmp_path, "x", method="draft", reward="jpeg")
     with pytest.raises(ConfigError, match=r"draft_k \(3\) must be <= inference_steps \(2\)"):
         pg_config(tiny_sd_path, tmp_path, "x", method="draft", draft_k=3)
