@@ -22,10 +22,7 @@ from tqdm.auto import tqdm
 
 from diffrl.collectors.personalisation import PersonalisationBatchConfig, PersonalisationCollector
 from diffrl.data.images import list_images
-from diffrl.models import (
-    SDComponents,
-    load_sd_components,
-)
+from diffrl.models import SDComponents, load_sd_components
 from diffrl.training.acceleration import (
     finish_trackers,
     make_accelerator,

@@ -97,44 +97,42 @@ class CaptionSampler:
         if identifier_rate + selector_rate > 1.0:
             raise ValueError(f"identifier_rate + selector_rate must be <= 1, got {identifier_rate} + {selector_rate}.")
         self.identifier_rate, self.selector_rate, self.context_dropout = identifier_rate, selector_rate, context_dropout
-        # word columns: 0 = none, 1..P = the no-op pool, P + 1 = the glyph's selector; context columns: kept, dropped
-        words: list[str | None] = [None, *IDENTIFIER_POOL, None]
         index: dict[str, int] = {}
         variants: dict[tuple[str, str], np.ndarray] = {}
-        table = np.empty((len(data.captions), 2, len(words)), np.int64)
+        table = np.empty((len(data.captions), 2, len(IDENTIFIER_POOL) + 2), np.int64)
         for i, key in enumerate(zip(data.captions, data.glyphs)):
             if key not in variants:
-                variants[key] = self._variants(*key, words, index)
+                variants[key] = self._variants(*key, index)
             table[i] = variants[key]
         self.texts = list(index)
         self._table = torch.from_numpy(table)
 
-    def _variants(self, text: str, glyph: str, words: list[str | None], index: dict[str, int]) -> np.ndarray:
-        """``[2, len(words)]`` indices into ``index`` (extended as needed) of one scene caption's variants; a variant
-        the rates never draw keeps index -1 and is not added."""
+    def _variants(self, text: str, glyph: str, index: dict[str, int]) -> np.ndarray:
+        """``[2, P + 2]`` indices into ``index`` (extended as needed) of one scene caption's variants: rows = context
+        kept, dropped; columns = no word, the P no-op words of `IDENTIFIER_POOL`, the glyph's selector. A variant the
+        rates never draw keeps index -1 and is not added."""
+        contexts = [(0, text)] + ([(1, without_context(text))] if self.context_dropout else [])
+        words: list[tuple[int, str | None]] = [(0, None)]
+        if self.identifier_rate:
+            words += [(1 + k, word) for k, word in enumerate(IDENTIFIER_POOL)]
+        if self.selector_rate:
+            if glyph not in SELECTORS:
+                raise KeyError(f"glyph {glyph!r} has no selector word (held-out subjects have none).")
+            words.append((1 + len(IDENTIFIER_POOL), SELECTORS[glyph]))
         noun = GLYPH_BY_NAME[glyph].noun
-        out = np.full((2, len(words)), -1, np.int64)
-        for row, drop in enumerate((False, True)):
-            if drop and not self.context_dropout:
-                continue
-            base = without_context(text) if drop else text
-            for col, word in enumerate(words):
-                selector = col == len(words) - 1
-                if (selector and not self.selector_rate) or (0 < col < len(words) - 1 and not self.identifier_rate):
-                    continue
-                if selector:
-                    if glyph not in SELECTORS:
-                        raise KeyError(f"glyph {glyph!r} has no selector word (held-out subjects have none).")
-                    word = SELECTORS[glyph]
+        out = np.full((2, len(IDENTIFIER_POOL) + 2), -1, np.int64)
+        for row, base in contexts:
+            for col, word in words:
                 out[row, col] = index.setdefault(with_identifier(base, noun, word) if word else base, len(index))
         return out
 
     def draw(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Indices into `texts` ``[b]`` of the captions of images ``idx`` ``[b]`` for one step (three uniform draws and
+        """Indices into `texts` ``[b]`` of the captions of images ``idx`` ``[b]`` for one step (two uniform draws and
         one integer draw per image from ``gen``, whatever the rates)."""
         b = len(idx)
-        u, pool, drop = torch.rand(b, generator=gen), torch.randint(len(IDENTIFIER_POOL), (b,), generator=gen), \
-            torch.rand(b, generator=gen) < self.context_dropout
+        u = torch.rand(b, generator=gen)
+        pool = torch.randint(len(IDENTIFIER_POOL), (b,), generator=gen)
+        drop = torch.rand(b, generator=gen) < self.context_dropout
         word = torch.zeros(b, dtype=torch.long)
         word = torch.where((u >= self.selector_rate) & (u < self.selector_rate + self.identifier_rate), 1 + pool, word)
         word = torch.where(u < self.selector_rate, len(IDENTIFIER_POOL) + 1, word)
