@@ -30,7 +30,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from diffrl.training.checkpoint import CheckpointError
     from diffrl.training.config import ConfigError
     from diffrl.training.lock import RunDirError
-    from diffrl.training.trainer import NonFiniteLossError
+    from diffrl.training.updates import NonFiniteLossError
 
     return (ConfigError, ImageLoadError, ModelLoadError, CheckpointError, RunDirError, DreamBenchError,
             NonFiniteLossError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -214,7 +214,7 @@ def test_pg_trainer_with_lora_trains_the_adapter_only_resumes_exactly_and_export
 
     straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", lora_rank=2, lr=1e-2))
     base = {k: v.clone() for k, v in straight.components.unet.named_parameters() if "lora" not in k}
-    assert straight.params and all("lora" in name for name, p in straight.components.unet.named_parameters()
+    assert straight.updater.params["actor"] and all("lora" in name for name, p in straight.components.unet.named_parameters()
                                    if p.requires_grad)
     model = straight.train()
     assert all(torch.equal(base[k], p) for k, p in straight.components.unet.named_parameters() if k in base)
@@ -298,7 +298,7 @@ def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
         pg_config(tiny_sd_path, tmp_path, "x", reward="aesthetic")
     with pytest.raises(ConfigError, match="kl_weight anchors GRPO or DPG to the base model"):
         pg_config(tiny_sd_path, tmp_path, "x", kl_weight=0.1)
-    with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use \['ddpo', 'grpo', 'dpg'\], or a differentiable reward \(\['red', 'red_backdrop'\]\)"):
+    with pytest.raises(ConfigError, match=r"'jpeg' is not differentiable: use \['ddpo', 'grpo', 'dpg'\], or a differentiable reward \(\['red', 'red_backdrop', 'contrast'\]\)"):
         pg_config(tiny_sd_path, tmp_path, "x", method="draft", reward="jpeg")
     with pytest.raises(ConfigError, match=r"draft_k \(3\) must be <= inference_steps \(2\)"):
         pg_config(tiny_sd_path, tmp_path, "x", method="draft", draft_k=3)

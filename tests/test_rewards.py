@@ -320,6 +320,23 @@ def test_jpeg_compressibility_and_color_target() -> None:
         ColorTargetReward(target_rgb=(1.0, 0.0, 0.0), border=0.5)
 
 
+def test_contrast_reward_reads_the_centre_against_the_frame_and_ignores_a_global_shift():
+    from diffrl.rewards import ContrastReward
+
+    contrast = ContrastReward(centre=0.5, border=0.25)  # 8 x 8: centre rows / columns 2..5, frame the outer 2 pixels
+    images = torch.full((2, 3, 8, 8), 0.2)
+    images[0, :, 2:6, 2:6] = 0.8  # a light square on a dark backdrop
+    scores = contrast(make_inputs(2, images=images))
+    assert scores[0].item() == pytest.approx(np.sqrt(3 * 0.6**2)) and scores[1].item() == pytest.approx(0.0, abs=1e-6)
+    shifted = images + torch.tensor([0.1, -0.15, 0.05]).view(1, 3, 1, 1)  # one colour added to every pixel
+    assert torch.allclose(contrast(make_inputs(2, images=shifted)), scores, atol=1e-6)
+    light = images[:1].clone().requires_grad_(True)
+    contrast(make_inputs(1, images=light)).sum().backward()  # more contrast: a lighter centre, a darker frame
+    assert contrast.differentiable and light.grad[0, :, 3, 3].min() > 0 > light.grad[0, :, 0, 0].max()
+    with pytest.raises(ValueError, match="the centre inside the frame"):
+        ContrastReward(centre=0.8, border=0.15)
+
+
 def test_noise_reward_is_a_fixed_function_of_the_pixels_without_signal():
     from diffrl.rewards import NoiseReward
 

@@ -63,6 +63,10 @@ class DDPOLoss(LossModule):
     def actor_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.actor.parameters() if p.requires_grad]
 
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """None: the advantages come from the rewards of the collected samples."""
+        return []
+
     def action(self, transitions: TensorDictBase, actor: UNetActor | None = None) -> Tensor:
         """The (guided) eps_hat of ``actor`` (default: the trained one) at the stored states ``[N, C, h, w]``."""
         missing = [key for key in TRANSITION_KEYS if key not in transitions.keys(include_nested=True)]

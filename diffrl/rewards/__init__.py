@@ -3,7 +3,7 @@
 from diffrl.rewards.base import Reward, RewardInputs, WeightedSum, check_reward, look_forward
 from diffrl.rewards.callable import CallableReward, images_to_pil, images_to_uint8
 from diffrl.rewards.lookforward import LookForwardReward
-from diffrl.rewards.scores import ColorTargetReward, JPEGCompressibilityReward, NoiseReward
+from diffrl.rewards.scores import ColorTargetReward, ContrastReward, JPEGCompressibilityReward, NoiseReward
 from diffrl.rewards.similarity import CLIPImageReward, CLIPTextReward, DINOReward, make_decoder, strip_identifier
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "CLIPTextReward",
     "CallableReward",
     "ColorTargetReward",
+    "ContrastReward",
     "DINOReward",
     "JPEGCompressibilityReward",
     "LookForwardReward",

@@ -35,6 +35,15 @@ class JPEGCompressibilityReward(Reward):
         return -torch.tensor(sizes, dtype=torch.float32, device=inputs.images.device)
 
 
+def frame_mask(size: Sequence[int], border: float, device: torch.device | None = None) -> Tensor:
+    """``[H, W]`` bool: True on the frame of width ``border`` x the side (at least one pixel) along every edge."""
+    height, width = size
+    frame = torch.ones(height, width, dtype=torch.bool, device=device)
+    dy, dx = max(1, round(height * border)), max(1, round(width * border))
+    frame[dy:-dy, dx:-dx] = False
+    return frame
+
+
 class ColorTargetReward(Reward):
     """Minus the distance of each image's mean colour to a target, colours in ``[0, 1]``.
 
@@ -65,17 +74,38 @@ class ColorTargetReward(Reward):
     def forward(self, inputs: RewardInputs) -> Tensor:
         images = inputs.images.float()
         if self.border:
-            height, width = images.shape[-2:]
-            frame = torch.ones(height, width, dtype=torch.bool, device=images.device)
-            dy, dx = max(1, round(height * self.border)), max(1, round(width * self.border))
-            frame[dy:-dy, dx:-dx] = False
-            mean_rgb = images[..., frame].mean(dim=-1)  # [B, 3]
+            mean_rgb = images[..., frame_mask(images.shape[-2:], self.border, images.device)].mean(dim=-1)  # [B, 3]
         else:
             mean_rgb = images.mean(dim=(2, 3))  # [B, 3]
         if self.target.numel() == 1:
             luma = mean_rgb @ torch.tensor(LUMA_WEIGHTS, device=mean_rgb.device)
             return -(luma - self.target).abs()
         return -(mean_rgb - self.target.to(mean_rgb.device)).norm(dim=1)
+
+
+class ContrastReward(Reward):
+    """The colour contrast of a centred subject against its backdrop: the Euclidean distance (RGB in ``[0, 1]``, so
+    at most sqrt(3)) between the mean colour of the central square (``centre`` x the side on each axis) and the mean
+    colour of the frame of width ``border`` x the side. Shifting every pixel by the same colour leaves it unchanged,
+    so it cannot be raised by painting the whole image; it asks the subject to stand out from its scene.
+    Differentiable."""
+
+    requires = frozenset({"images"})
+
+    def __init__(self, centre: float = 0.3, border: float = 0.15, name: str | None = None) -> None:
+        super().__init__(name)
+        if not (0.0 < border < 0.5 and 0.0 < centre <= 1.0 - 2 * border):
+            raise ValueError(f"ContrastReward needs 0 < border < 0.5 and 0 < centre <= 1 - 2 x border (the centre "
+                             f"inside the frame), got centre={centre}, border={border}.")
+        self.centre, self.border = centre, border
+
+    def forward(self, inputs: RewardInputs) -> Tensor:
+        images = inputs.images.float()
+        height, width = images.shape[-2:]
+        dy, dx = max(1, round(height * (1 - self.centre) / 2)), max(1, round(width * (1 - self.centre) / 2))
+        centre = images[..., dy:height - dy, dx:width - dx].mean(dim=(2, 3))  # [B, 3]
+        frame = images[..., frame_mask((height, width), self.border, images.device)].mean(dim=-1)  # [B, 3]
+        return (centre - frame).norm(dim=1)
 
 
 class NoiseReward(Reward):

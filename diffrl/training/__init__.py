@@ -20,7 +20,8 @@ _EXPORTS = {
     "policy_gradient": ("PolicyGradientConfig", "PolicyGradientTrainer", "read_prompts"),
     "progress": ("Progress", "progress_curve"),
     "rundir": ("ConfigMismatchError",),
-    "trainer": ("NonFiniteLossError", "TrainResult", "Trainer", "train"),
+    "trainer": ("TrainResult", "Trainer", "train"),
+    "updates": ("LossUpdater", "NonFiniteLossError"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -47,6 +47,7 @@ from diffrl.training.config import (
     check_report_to,
 )
 from diffrl.training.rng import find_generators
+from diffrl.training.updates import LossUpdater, average_logs
 
 if TYPE_CHECKING:
     from diffrl.agents import UNetActor
@@ -157,6 +158,12 @@ def _red_backdrop_reward() -> nn.Module:
     return ColorTargetReward(target_rgb=(0.9, 0.15, 0.15), border=0.15)
 
 
+def _contrast_reward() -> nn.Module:
+    from diffrl.rewards import ContrastReward
+
+    return ContrastReward()
+
+
 def _jpeg_reward() -> nn.Module:
     from diffrl.rewards import JPEGCompressibilityReward
 
@@ -176,12 +183,14 @@ def _noise_reward() -> nn.Module:
 
 
 PG_REWARDS: dict[str, Callable[[], nn.Module]] = {
-    "red": _color_reward, "red_backdrop": _red_backdrop_reward, "jpeg": _jpeg_reward, "context": _context_reward,
-    "noise": _noise_reward,
+    "red": _color_reward, "red_backdrop": _red_backdrop_reward, "contrast": _contrast_reward, "jpeg": _jpeg_reward,
+    "context": _context_reward, "noise": _noise_reward,
 }
 """Reward name -> factory of the reward of the final images: ``"red"`` (closeness of the mean colour to red;
 differentiable, so DRaFT can use it too), ``"red_backdrop"`` (the same over the outer 15% frame of the image only:
-the scene's backdrop, not the subject), ``"jpeg"`` (JPEG compressibility, DDPO's; a black box), ``"context"`` (the
+the scene's backdrop, not the subject), ``"contrast"`` (the colour distance between the image's centre and its
+frame: a centred subject standing out from its backdrop, which no global colour shift changes; differentiable),
+``"jpeg"`` (JPEG compressibility, DDPO's; a black box), ``"context"`` (the
 zoo's pixel checker's evidence for the context the prompt names; a black box), ``"noise"`` (a control without
 signal: what the updates alone do to the model). Add entries for more."""
 
@@ -335,7 +344,6 @@ class PolicyGradientTrainer:
         from diffrl.models import load_sd_components
         from diffrl.training.checkpoint import list_checkpoints
         from diffrl.training.data import derive_seed
-        from diffrl.training.trainer import CriticUpdate
 
         self.config = config
         prompts = read_prompts(config.prompts)
@@ -366,13 +374,9 @@ class PolicyGradientTrainer:
         self.collector = TrajectoryCollector(env, actor, prompts, TrajectoryCollectorConfig(
             config.prompts_per_batch, config.samples_per_prompt), seed=derive_seed(seed, 1))
         self.loss = PG_METHODS[config.method].build(config, env, actor)
-        self.params = list(self.loss.actor_parameters())
-        self.critic_params = list(self.loss.critic_parameters()) if hasattr(self.loss, "critic_parameters") else []
-        groups = [{"params": self.params, "lr": config.lr}]
-        if self.critic_params:
-            groups.append({"params": self.critic_params, "lr": config.lr_critic})
-        self.model, self.optimizer = self.accelerator.prepare(self.loss, torch.optim.AdamW(groups))
-        self.critic_update = self.accelerator.prepare(CriticUpdate(self.loss)) if self.critic_params else None
+        self.updater = LossUpdater(self.accelerator, self.loss, {"actor": config.lr, "critic": config.lr_critic},
+                                   {"actor": config.grad_clip, "critic": CRITIC_GRAD_CLIP},
+                                   fix_hint="Lower lr (or lr_critic) or check the reward.")
         self.shuffle = torch.Generator().manual_seed(derive_seed(seed, 2))
         self.iteration = 0
         if existing:
@@ -387,10 +391,10 @@ class PolicyGradientTrainer:
             env = self.collector.env
             outs = [self._update(TensorDict(prompt_embeds=env.prompt_embeds, batch_size=env.batch_size,
                                             negative_prompt_embeds=env.negative_prompt_embeds))]
-            train_reward = outs[0]["reward"]
+            train_reward = outs[0]["reward"]  # a mean over processes already
         else:
             batch = self.collector.collect()
-            train_reward = batch["final_reward"].float().mean()
+            train_reward = self._mean(batch["final_reward"].float().mean())
             if data == "samples":
                 samples = self._final_samples(batch)
                 outs = [self._update(samples) for _ in range(self.config.inner_epochs)]
@@ -401,9 +405,8 @@ class PolicyGradientTrainer:
                     outs += [self._update(minibatch) for minibatch in batch[order].split(self.config.minibatch)]
         self.iteration += 1
         samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt * self.world
-        record = {"iteration": self.iteration, "samples": samples, "train_reward": self._mean(train_reward)}
-        logs = {key: torch.stack([out[key] for out in outs]).mean() for key in outs[0].keys()}
-        record.update(mean_over_processes(self.accelerator, logs))
+        record = {"iteration": self.iteration, "samples": samples, "train_reward": train_reward}
+        record.update(average_logs(outs))
         return record
 
     def _final_samples(self, transitions: TensorDict) -> TensorDict:
@@ -419,40 +422,9 @@ class PolicyGradientTrainer:
         return TensorDict(x0=final["next", "latents"], prompt_embeds=final["prompt_embeds"],
                           negative_prompt_embeds=final["negative_prompt_embeds"], batch_size=[len(final)])
 
-    def _update(self, batch: TensorDict) -> TensorDict:
-        """One optimizer step of the loss on ``batch`` (every ``loss_*`` term, each moving its own parameters), the
-        target critic's update and the critic-only updates; returns the detached outputs and the gradient norms."""
-        with self.accelerator.autocast():
-            out = self.model(batch)
-        terms = {key: value for key, value in out.items() if key.startswith("loss_")}
-        total = sum(terms.values())
-        if not math.isfinite(self._mean(total.detach().float())):
-            raise FloatingPointError(f"Non-finite loss at iteration {self.iteration + 1}: "
-                                     f"{ {key: float(value) for key, value in terms.items()} }; lower lr or check the reward.")
-        self.accelerator.backward(total)
-        norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip).float()}
-        if self.critic_params:
-            norms["grad_norm_critic"] = torch.nn.utils.clip_grad_norm_(self.critic_params, CRITIC_GRAD_CLIP).float()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if getattr(self.loss, "target_updater", None) is not None:
-            self.loss.target_updater.step()
-        for _ in range(getattr(self.loss, "auxiliary_updates", 0)):
-            self._critic_step()
-        logged = {key: value.detach().float() for key, value in out.items()}
-        return TensorDict({**logged, **norms}, batch_size=[])
-
-    def _critic_step(self) -> None:
-        """One critic-only update (`DPGLoss.auxiliary_loss`); the actor's gradients stay None, so AdamW leaves it."""
-        loss = self.critic_update()["loss_critic"]
-        if not math.isfinite(self._mean(loss.detach().float())):
-            raise FloatingPointError(f"Non-finite critic loss at iteration {self.iteration + 1}; lower lr_critic or "
-                                     "check the reward.")
-        self.accelerator.backward(loss)
-        torch.nn.utils.clip_grad_norm_(self.critic_params, CRITIC_GRAD_CLIP)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss.target_updater.step()
+    def _update(self, batch: TensorDict) -> dict[str, float]:
+        """One optimizer update (`LossUpdater.update`) of the loss on ``batch``; returns its logs."""
+        return self.updater.update([batch], f"iteration {self.iteration + 1}")
 
     def _mean(self, value: Tensor) -> float:
         """The mean of a 0-d tensor over processes."""
@@ -493,7 +465,8 @@ class PolicyGradientTrainer:
         checkpoint = Checkpoint(
             step=self.iteration,
             tensors={"unet": trained, "loss": loss_state},
-            states={"optimizer": self.optimizer.state_dict(), "ranks": ranks},
+            states={"optimizer": self.updater.optimizer.state_dict(), "scheduler": self.updater.scheduler.state_dict(),
+                    "ranks": ranks},
             meta={"config": dataclasses.asdict(self.config), "world_size": self.world},
         )
         path = self.config.checkpoint_dir / f"ckpt-{self.iteration:06d}"
@@ -521,7 +494,8 @@ class PolicyGradientTrainer:
             for name, value in checkpoint.tensors["unet"].items():
                 params[name].copy_(value)
         load_loss_module_state(self.loss, checkpoint.tensors.get("loss", {}), path)
-        self.optimizer.load_state_dict(checkpoint.states["optimizer"])
+        self.updater.optimizer.load_state_dict(checkpoint.states["optimizer"])
+        self.updater.scheduler.load_state_dict(checkpoint.states["scheduler"])
         own = checkpoint.states["ranks"][self.rank]
         self.collector.load_state_dict(own["collector"])
         if hasattr(self.loss, "load_collection_state"):

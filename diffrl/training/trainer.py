@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tensordict import TensorDict
 from torch import Tensor, nn
-from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
@@ -26,7 +22,6 @@ from diffrl.models import SDComponents, load_sd_components
 from diffrl.training.acceleration import (
     finish_trackers,
     make_accelerator,
-    mean_over_processes,
     per_process,
     start_trackers,
 )
@@ -50,12 +45,9 @@ from diffrl.training.history import read_history
 from diffrl.training.progress import Progress
 from diffrl.training.rng import capture_rng, find_generators, restore_rng
 from diffrl.training.rundir import claim_run_dir, releases_run_dir
+from diffrl.training.updates import LossUpdater
 
 LossFactory = Callable[[TrainConfig, TrainingContext], nn.Module]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term was NaN or inf (``nonfinite="raise"``); the message names the step and the terms."""
 
 
 @dataclass
@@ -72,19 +64,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class CriticUpdate(nn.Module):
-    """A loss's critic-only update (``auxiliary_loss``) as a module whose parameters are the critic's alone, so that
-    `Accelerator.prepare` can wrap it in DDP: its backward averages the critic's gradients and no others."""
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.critic = nn.ParameterList(loss.critic_parameters())
-        self.__dict__["loss"] = loss  # not a submodule: DDP must see the critic's parameters only
-
-    def forward(self) -> TensorDict:
-        return self.loss.auxiliary_loss()
 
 
 class Trainer:
@@ -132,22 +111,14 @@ class Trainer:
             config.train_text_encoder), self.rank, self.world)
         context = TrainingContext(self.components, self.instances.stacked.to(self.accelerator.device), derive_seed(config.seed, self.rank))
         self.loss = loss_factory(config, context)
-        self.actor_params = list(self.loss.actor_parameters())  # includes the text encoder's when it is trained
-        self.critic_params = list(self.loss.critic_parameters())
-        self.param_groups = {"actor": self.actor_params, "critic": self.critic_params}
-        # one AdamW, one parameter group per role with its own learning rate: one fp16 grad-scaler step per update
-        lrs = {"actor": config.resolved_lr_actor(), "critic": config.lr_critic}
-        groups = [{"params": params, "lr": lrs[name], "name": name} for name, params in self.param_groups.items() if params]
-        optimizer = AdamW(groups)
-        warmup = max(config.lr_warmup_steps, 1)
-        self.scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        self.model, self.optimizer = self.accelerator.prepare(self.loss, optimizer)  # DDP when distributed
-        self.critic_update = self.accelerator.prepare(CriticUpdate(self.loss)) if self.critic_params else None
-        self.ema = None
-        if config.use_ema:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(self.actor_params, decay=config.ema_decay)
+        self.updater = LossUpdater(
+            self.accelerator, self.loss, {"actor": config.resolved_lr_actor(), "critic": config.lr_critic},
+            {"actor": config.grad_clip, "critic": config.critic_grad_clip}, warmup_steps=config.lr_warmup_steps,
+            nonfinite=config.nonfinite, ema_decay=config.ema_decay if config.use_ema else None,
+            fix_hint="Lower the learning rate, enable grad_clip, or set nonfinite='skip'.")
+        self.actor_params = self.updater.params["actor"]  # includes the text encoder's when it is trained
+        self.critic_params = self.updater.params["critic"]
+        self.optimizer, self.scheduler, self.ema = self.updater.optimizer, self.updater.scheduler, self.updater.ema
         self.generators = find_generators(self.loss)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -197,72 +168,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
-        """One optimizer step: forward and backward of ``gradient_accumulation_steps`` micro-batches (DDP averages the
-        gradients over processes on the last), clipping, the optimizer, schedule, EMA and target updates, then the
-        critic-only updates. Returns the logs, averaged over micro-batches and processes."""
-        micro_logs, skip = [], False
-        for micro in range(self.config.gradient_accumulation_steps):
-            with self.accelerator.accumulate(self.model):
-                logs, skipped = self._forward_backward(micro)
-            micro_logs.append(logs)
-            skip = skip or skipped
-        logs = {key: sum(m[key] for m in micro_logs if key in m) / sum(key in m for m in micro_logs)
-                for key in dict.fromkeys(k for m in micro_logs for k in m)}
-        if skip:  # a non-finite micro-batch (nonfinite="skip") drops the whole step
-            self.optimizer.zero_grad(set_to_none=True)
-            logs["skipped"] = 1.0
-            return logs
-        clips = {"actor": self.config.grad_clip, "critic": self.config.critic_grad_clip}
-        if any(clips[name] is not None and params for name, params in self.param_groups.items()):
-            self.accelerator.unscale_gradients(self.optimizer)  # once (fp16), then clip actor and critic separately
-            for name, params in self.param_groups.items():
-                if params and clips[name] is not None:
-                    logs[f"grad_norm_{name}"] = float(torch.nn.utils.clip_grad_norm_(params, clips[name]))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so no schedule or target step
-            logs["skipped"] = 1.0
-            return logs
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.step(self.actor_params)
-        if getattr(self.loss, "target_updater", None) is not None:
-            self.loss.target_updater.step()
-        for _ in range(getattr(self.loss, "auxiliary_updates", 0)):
-            self._auxiliary_step()
-        return logs
-
-    def _forward_backward(self, micro: int) -> tuple[dict[str, float], bool]:
-        """Forward and backward of one micro-batch; returns its logs and whether it was non-finite and skipped."""
-        with self.accelerator.autocast():
-            out = self.model(self.collector.collect(self.step, micro))
-        terms = {key: value for key, value in out.items() if key.startswith("loss_")}
-        if not terms:
-            raise RuntimeError(f"The loss module returned no 'loss_*' keys (got {list(out.keys())}).")
-        logs = mean_over_processes(self.accelerator, {key: value.detach().float().mean() for key, value in out.items()})
-        if not all(math.isfinite(logs[key]) for key in terms) and self._handle_nonfinite(terms, logs):
-            return logs, True
-        self.accelerator.backward(sum(terms.values()))
-        return logs, False
-
-    def _auxiliary_step(self) -> None:
-        """One critic-only update (`DPGLoss.auxiliary_loss`): the actor's gradients stay None, so AdamW leaves the
-        actor (and its moments) untouched; the learning-rate schedule counts actor steps and does not advance."""
-        with self.accelerator.autocast():
-            out = self.critic_update()
-        loss_critic = out["loss_critic"]
-        if not math.isfinite(mean_over_processes(self.accelerator, {"loss_critic": loss_critic.detach().float()})["loss_critic"]):
-            if self._handle_nonfinite({"loss_critic": loss_critic}, {"loss_critic": float("nan")}):
-                return
-        # one whole update: undo the division by the accumulation steps that `backward` applies to every loss
-        self.accelerator.backward(loss_critic * self.accelerator.gradient_accumulation_steps)
-        if self.config.critic_grad_clip is not None:
-            self.accelerator.unscale_gradients(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.critic_params, self.config.critic_grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if not self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: the critic did not move
-            self.loss.target_updater.step()
+        """One optimizer update (`LossUpdater.update`) on this step's ``gradient_accumulation_steps`` micro-batches
+        from the collector. Returns the logs, averaged over micro-batches and processes."""
+        micro_batches = (self.collector.collect(self.step, micro) for micro in range(self.config.gradient_accumulation_steps))
+        return self.updater.update(micro_batches, f"step {self.step + 1}")
 
     def diagnose(self) -> dict[str, float]:
         """Critic diagnostics (`diffrl.objectives.critic_diagnostics.diagnose`) on this step's batch, from a
@@ -274,17 +183,6 @@ class Trainer:
             return {}
         generator = torch.Generator(device=self.accelerator.device).manual_seed(derive_seed(self.config.seed, self.step, 3))
         return {f"critic/{key}": value for key, value in diagnose(self.loss, self.collector.collect(self.step), generator).items()}
-
-    def _handle_nonfinite(self, terms: dict[str, Tensor], logs: dict[str, float]) -> bool:
-        """Raise, or warn and report that the step is skipped (True)."""
-        listing = ", ".join(f"{key}={logs[key]}" for key in terms)
-        message = f"Non-finite loss at step {self.step + 1}: {listing}."
-        if self.config.nonfinite == "raise":
-            raise NonFiniteLossError(f"{message} Lower the learning rate, enable grad_clip, or set nonfinite='skip'.")
-        warnings.warn(f"{message} Skipping this optimizer step (nonfinite='skip').", RuntimeWarning, stacklevel=3)
-        self.optimizer.zero_grad(set_to_none=True)
-        logs["skipped"] = 1.0
-        return True
 
     # ------------------------------------------------------------------ loop
     @releases_run_dir(always=True)
