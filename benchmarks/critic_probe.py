@@ -107,8 +107,8 @@ def heldout(trainer: Trainer, probe: ProbeConfig) -> dict:
     rounds = -(-probe.heldout_states // loss.env.batch_size[0])
     data = []
     for index in range(rounds):
-        state = loss.noised_states(trainer.collector.collect(index), generator)
-        data.append((state, loss.collect(state, generator)))
+        state = loss.transitions.noised_states(trainer.collector.collect(index), generator)
+        data.append((state, loss.transitions.collect(state, generator)))
     result = score_critic(loss, data)
     names = ["critic"] + ([] if loss.value_network is None else ["value_network"])
     with contextlib.ExitStack() as stack:

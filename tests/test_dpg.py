@@ -67,7 +67,7 @@ def test_td_target_equals_hand_computation(components):
     last = env.config.num_inference_steps - 1
     start = batch.select("x0", "prompt_embeds", "negative_prompt_embeds").set("step", torch.tensor([0, last, 4, last]))
     state = loss.actor(env.reset(start, set_state=True))
-    group = loss.collect(state)
+    group = loss.transitions.collect(state)
     assert group["action"].shape == (B, 3, *SHAPE) and group["reward"].shape == (B, 3)
     torch.testing.assert_close(group["action"][:, 0], state["action"].detach())  # index 0: the policy's own action
     rows = loss.rows(group)
@@ -107,7 +107,7 @@ def test_reward_value_form_by_hand(components):
     last = env.config.num_inference_steps - 1
     start = batch.select("x0", "prompt_embeds", "negative_prompt_embeds").set("step", torch.tensor([0, last, 4, last]))
     state = loss.actor(env.reset(start, set_state=True))
-    group = loss.collect(state)
+    group = loss.transitions.collect(state)
     assert not group["next", "action"].any()  # mu(s') is not needed: V reads s' alone
     rows = loss.rows(group)
     nxt = rows["next"]
@@ -148,7 +148,7 @@ def test_reward_value_form_by_hand(components):
 def test_the_actor_reads_the_configured_critic(components, reads):
     loss = make_dpg(components, DPGConfig(actor_reads=reads, tau=0.3))
     perturb_critic(loss)  # target != online
-    state = loss.noised_states(make_batch(loss.env))
+    state = loss.transitions.noised_states(make_batch(loss.env))
     online, target = (loss.q_value(state, state["action"], target=t) for t in (False, True))
     assert (online - target).abs().max() > 1e-4
     torch.testing.assert_close(loss.actor_q(state, state["action"]), target if reads == "target" else online)
@@ -159,7 +159,7 @@ def test_gamma_zero_equals_the_one_step_regressor(components):
     for config in (DPGConfig(gamma=0.0, bootstrap=True, critic_form="q"), DPGConfig(gamma=0.9986, bootstrap=False)):
         loss = make_dpg(components, config, seed=3)
         perturb_critic(loss)  # the same non-zero critic and target in both (make_dpg seeds torch)
-        outputs.append(loss(make_batch(loss.reference_env, prior=True)))
+        outputs.append(loss(loss.transitions.loss_input(make_batch(loss.reference_env, prior=True))))
     bootstrapped, one_step = outputs
     assert set(bootstrapped.keys()) == set(one_step.keys())
     for key in bootstrapped.keys():
@@ -167,7 +167,7 @@ def test_gamma_zero_equals_the_one_step_regressor(components):
     # and bootstrapping with gamma > 0 does change the target
     loss = make_dpg(components, DPGConfig(gamma=0.9, bootstrap=True, critic_form="q"), seed=3)
     perturb_critic(loss)
-    assert (loss(make_batch(loss.reference_env, prior=True))["td_target"] - one_step["td_target"]).abs() > 1e-6
+    assert (loss(loss.transitions.loss_input(make_batch(loss.reference_env, prior=True)))["td_target"] - one_step["td_target"]).abs() > 1e-6
 
 
 # ---------------------------------------------------------------------------------------------- gradient routing
@@ -199,18 +199,18 @@ def test_each_loss_term_moves_only_its_own_parameters(components):
         assert embeds.requires_grad
         return make_batch(env, prior=True).set("prompt_embeds", embeds)
 
-    loss(batch_with_trained_text())["loss_critic"].backward()
+    loss(loss.transitions.loss_input(batch_with_trained_text()))["loss_critic"].backward()
     assert moved(critic_params) and untouched(actor_params) and untouched(frozen)
     loss.zero_grad()
     text_encoder.zero_grad()
 
-    out = loss(batch_with_trained_text())
+    out = loss(loss.transitions.loss_input(batch_with_trained_text()))
     assert out["lam"] == 1.0
     out["loss_actor"].backward()
     assert moved(lora) and moved(list(text_encoder.parameters())) and untouched(critic_params) and untouched(frozen)
 
     # an optimizer step on everything leaves the target alone; SoftUpdate then moves it by exactly tau
-    out = loss(batch_with_trained_text())
+    out = loss(loss.transitions.loss_input(batch_with_trained_text()))
     targets_before = loss.target_critic_params.clone()  # after forward: the PopArt step rescales both heads
     sum(value for key, value in out.items() if key.startswith("loss_")).backward()
     torch.optim.SGD(actor_params + critic_params, lr=0.1).step()
@@ -226,8 +226,8 @@ def test_each_loss_term_moves_only_its_own_parameters(components):
 def test_auxiliary_updates_train_the_critic_only(components):
     loss = make_dpg(components, DPGConfig(critic_updates=3, critic_batch_size=2, warmup_steps=0))
     assert loss.auxiliary_updates == 2
-    loss(make_batch(loss.reference_env))
-    out = loss.auxiliary_loss()
+    loss(loss.transitions.loss_input(make_batch(loss.reference_env)))
+    out = loss.auxiliary_loss(loss.transitions.sample())
     assert set(out.keys()) == {"loss_critic", "q_value", "td_target", "td_error", "critic_r2", "value_r2"}
     out["loss_critic"].backward()
     assert moved(loss.critic_parameters()) and untouched(loss.actor_parameters())
@@ -248,7 +248,7 @@ def test_forward_draws_from_the_reference_env_exactly_as_dreambooth(components):
         else:
             loss = DreamBoothLoss(reference, UNetActor(components.unet, 1.0))
         torch.manual_seed(0)
-        out = loss(batch)
+        out = loss(loss.transitions.loss_input(batch) if name == "dpg" else batch)  # collection included
         states[name] = (reference.rng.get_state(), torch.get_rng_state(), out["eps_mse"], out["loss_actor"])
     for got, expected in zip(states["dpg"], states["dreambooth"], strict=True):
         assert torch.equal(got, expected)
@@ -263,7 +263,7 @@ def test_exploration_has_one_size_in_x0_hat_space(components):
         loss = make_dpg(components, DPGConfig(exploration_std=0.2, exploration_space=space, exploration_actions=64))
         start = make_batch(loss.env).select("x0", "prompt_embeds", "negative_prompt_embeds").set("step", steps)
         state = loss.actor(loss.env.reset(start, set_state=True))
-        actions = loss.behaviour_actions(state)
+        actions = loss.transitions.behaviour_actions(state)
         abar = loss.env.schedule.abar(state["timestep"]).view(-1, 1, 1, 1, 1)
         x0_hat = (state["latents"][:, None] - (1 - abar).sqrt() * actions) / abar.sqrt()
         spreads[space] = (x0_hat[:, 1:] - x0_hat[:, :1]).flatten(1).std(1)
@@ -299,19 +299,19 @@ def test_critic_fits_a_known_differentiable_reward(components):
                        replay_size=4096)
     loss = make_dpg(components, config, reward=PatternAlignment(), critic_states=32, inputs=("x0_hat",))
     batch = make_batch(loss.reference_env)
-    probe = loss.noised_states(batch, torch.Generator().manual_seed(99))
+    probe = loss.transitions.noised_states(batch, torch.Generator().manual_seed(99))
     assert gradient_cosine(loss, probe).median() < 0.5
     optimizer = torch.optim.Adam(loss.critic_parameters(), lr=3e-3)
     for step in range(250):
         if step < 24:
-            loss.replay.extend(loss.collect(loss.noised_states(batch)))
-        out = loss.critic_loss(loss.replay.sample())
+            loss.transitions.replay.extend(loss.transitions.collect(loss.transitions.noised_states(batch)))
+        out = loss.critic_loss(loss.transitions.replay.sample())
         optimizer.zero_grad()
         out["loss_critic"].backward()
         optimizer.step()
     cosine = gradient_cosine(loss, probe)
     assert cosine.median() >= 0.9, cosine
-    heldout = band_r2(loss, loss.collect(probe, torch.Generator().manual_seed(98)))
+    heldout = band_r2(loss, loss.transitions.collect(probe, torch.Generator().manual_seed(98)))
     assert np.median(list(heldout.values())) >= 0.8, heldout
 
 
@@ -319,7 +319,7 @@ def test_critic_fits_a_known_differentiable_reward(components):
 def test_lambda_waits_for_the_warmup_then_ramps(components):
     loss = make_dpg(components, DPGConfig(lam=2.0, warmup_steps=2, lam_ramp_steps=4, critic_batch_size=2))
     batch = make_batch(loss.reference_env)
-    lams = [float(loss(batch)["lam"]) for _ in range(8)]
+    lams = [float(loss(loss.transitions.loss_input(batch))["lam"]) for _ in range(8)]
     assert lams == [0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
 
 
@@ -327,8 +327,8 @@ def test_critic_and_targets_are_fp32_under_bf16_autocast(components):
     loss = make_dpg(components, DPGConfig(critic_batch_size=2))
     batch = make_batch(loss.reference_env)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = loss(batch)
-        state = loss.noised_states(batch)
+        out = loss(loss.transitions.loss_input(batch))
+        state = loss.transitions.noised_states(batch)
         q = loss.q_value(state, state["action"])
     assert q.dtype == torch.float32 and out["loss_critic"].dtype == torch.float32
 
@@ -343,7 +343,7 @@ def test_non_finite_rewards_are_a_clear_error(components):
 
     loss = make_dpg(components, DPGConfig(), reward=Broken())
     with pytest.raises(ValueError, match="Broken.*non-finite"):
-        loss(make_batch(loss.reference_env))
+        loss(loss.transitions.loss_input(make_batch(loss.reference_env)))
 
 
 def test_base_anchor_is_zero_at_the_base_model_and_pulls_the_actor_back(components):
@@ -356,18 +356,18 @@ def test_base_anchor_is_zero_at_the_base_model_and_pulls_the_actor_back(componen
     loss = DPGLoss(transitions, UNetActor(components.unet, 1.0), critic, config,
                    reference_env=make_env(components, seed=0), reference_actor=frozen)
     batch = make_batch(loss.reference_env)
-    assert loss(batch)["base_mse"] == 0
+    assert loss(loss.transitions.loss_input(batch))["base_mse"] == 0
     with torch.no_grad():
         for p in components.unet.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    before = loss(batch)["base_mse"]
+    before = loss(loss.transitions.loss_input(batch))["base_mse"]
     assert before > 0
     optimizer = torch.optim.SGD(loss.actor_parameters(), lr=0.05)
     for _ in range(5):
         optimizer.zero_grad()
-        loss(batch)["loss_actor"].backward()
+        loss(loss.transitions.loss_input(batch))["loss_actor"].backward()
         optimizer.step()
-    assert loss(batch)["base_mse"] < before
+    assert loss(loss.transitions.loss_input(batch))["base_mse"] < before
     assert all(p.grad is None for p in frozen.parameters())
     with pytest.raises(ValueError, match="base_weight > 0 anchors the actor to the frozen base policy"):
         DPGLoss(transitions, UNetActor(components.unet, 1.0), critic, config, reference_env=loss.reference_env)
@@ -410,7 +410,7 @@ def test_dpg_with_lambda_zero_trains_the_unet_exactly_like_dreambooth(tiny_sd_pa
 
 def test_replay_buffer_entries_are_tensordicts(components):
     loss = make_dpg(components, DPGConfig(critic_batch_size=2))
-    loss(make_batch(loss.reference_env))
-    sample = loss.replay.sample()
+    loss(loss.transitions.loss_input(make_batch(loss.reference_env)))
+    sample = loss.transitions.replay.sample()
     assert isinstance(sample, TensorDict) and sample.batch_size == (2,)
     assert sample["action"].shape[1] == loss.config.exploration_actions + 1  # mu(s) and K explorations

@@ -111,7 +111,7 @@ def test_dreambooth_regresses_the_env_noise_and_matches_dpg_without_critic(compo
     # DPG with lambda = 0 and no exploration has the same actor loss (shared noising machinery, same draws)
     dpg = DPGLoss(env, UNetActor(components.unet, 1.0), QCritic(SHAPE, 32, width=8), DPGConfig(lam=0.0, exploration_std=0.0, prior_weight=0.5))
     env.set_seed(11)
-    torch.testing.assert_close(dpg(batch)["loss_actor"], out["loss_actor"].detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dpg(dpg.transitions.loss_input(batch))["loss_actor"], out["loss_actor"].detach(), rtol=1e-6, atol=1e-6)
     assert set(DreamBoothLoss(env, UNetActor(components.unet, 1.0))(batch.exclude("prior")).keys()) == {"loss_actor", "eps_mse"}
 
 

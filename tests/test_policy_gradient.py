@@ -196,13 +196,13 @@ def test_pg_trainer_dpg_learns_a_critic_of_the_own_samples_and_resumes_it_exactl
     assert all(r["loss_critic"] > 0 and r["grad_norm_critic"] > 0 for r in history)
     PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", **{**settings, "iterations": 2})).train()
     resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", resume=True, **settings))
-    assert len(resumed.loss.replay) == len(straight.loss.replay) - 4  # 2 x 2 states per iteration, restored
+    assert len(resumed.loss.transitions.replay) == len(straight.loss.transitions.replay) - 4  # 2 x 2 states per iteration, restored
     resumed.train()
     for name in ("critic_params", "target_critic_params", "value_network_params"):
         a, b = getattr(straight.loss, name), getattr(resumed.loss, name)
         for key, value in a.items(True, True):
             torch.testing.assert_close(value, b[key], rtol=0, atol=0, msg=f"{name}.{key}")
-    a, b = straight.loss.replay[:], resumed.loss.replay[:]
+    a, b = straight.loss.transitions.replay[:], resumed.loss.transitions.replay[:]
     assert (a == b).all()
 
 

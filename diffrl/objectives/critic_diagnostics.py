@@ -18,7 +18,7 @@ from diffrl.rewards import RewardInputs
 
 def band_r2(loss: DPGLoss, group: TensorDictBase) -> dict[int, float]:
     """R^2 of Q against the TD targets of the current target networks on collected transitions ``group`` (from
-    `DPGLoss.collect`, not trained on), within each timestep band of the critic (`QCritic.band`): the ``"r2"`` of
+    `CriticTransitionCollector.collect`, not trained on), within each timestep band of the critic (`QCritic.band`): the ``"r2"`` of
     `band_fit`."""
     return {band: fit["r2"] for band, fit in band_fit(loss, group).items()}
 
@@ -55,7 +55,7 @@ def band_fit(loss: DPGLoss, group: TensorDictBase) -> dict[int, dict[str, float]
 def action_gradients(loss: DPGLoss, state: TensorDictBase) -> tuple[Tensor, Tensor]:
     """d Q(s, a) / d a and d r(s, a) / d a at the policy's action a = mu(s), each ``[M, C, h, w]``.
 
-    ``state`` holds noised states with ``"action"`` (e.g. `DPGLoss.noised_states`); the env's reward must be
+    ``state`` holds noised states with ``"action"`` (e.g. `CriticTransitionCollector.noised_states`); the env's reward must be
     differentiable."""
     reward = loss.env.reward_fn
     if not getattr(reward, "differentiable", False):
@@ -111,8 +111,8 @@ def diagnose(loss: DPGLoss, batch: TensorDictBase, generator: torch.Generator) -
     """The diagnostics of one batch, for logging: ``"critic_r2_heldout"`` (mean over bands of `band_r2` on freshly
     collected transitions), ``"grad_cosine"`` (mean of `gradient_cosine`, differentiable rewards only) and
     ``"actor_grad_ratio"`` (`actor_gradient_ratio`). States and exploration noise come from ``generator``."""
-    state = loss.noised_states(batch, generator)
-    scores = band_r2(loss, loss.collect(state, generator))
+    state = loss.transitions.noised_states(batch, generator)
+    scores = band_r2(loss, loss.transitions.collect(state, generator))
     out = {"critic_r2_heldout": sum(scores.values()) / max(len(scores), 1)}
     if getattr(loss.env.reward_fn, "differentiable", False):
         out["grad_cosine"] = float(gradient_cosine(loss, state).mean())

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from torch import Tensor, nn
-from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.objectives import SoftUpdate
 
-from diffrl.agents.actor import ACTOR_IN_KEYS, UNetActor
+from diffrl.agents.actor import UNetActor
 from diffrl.agents.critic import QCritic
+from diffrl.collectors.critic import DPG_INPUT_KEYS, CriticTransitionCollector, CriticTransitionConfig
 from diffrl.envs.denoising import DenoisingEnv
 from diffrl.objectives.base import DiffusionLoss, check_reference_env, check_unguided, check_weight, metric
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS, actor_weight
@@ -125,18 +125,19 @@ class DPGConfig:
 class DPGLoss(DiffusionLoss):
     """Actor-critic loss of deterministic policy gradients on noised reference latents, with a replay buffer.
 
-    Each ``forward(batch)``:
+    Each ``forward(td)``, on ``td = transitions.loss_input(batch)`` (`diffrl.collectors.CriticTransitionCollector`,
+    which the trainer calls: the loss itself draws nothing and touches no buffer):
 
-    1. **Noised state.** s_t = x0 noised by the reference env (the same draws of t and eps as `DreamBoothLoss` for the
-       same seed and batch); mu(s_t) = the U-Net's action, with gradients.
-    2. **Collect** (no gradients), for the critic: M = ``env.batch_size`` noised states of the batch's x0 (cycled),
-       at uniformly random schedule steps; for each, the policy's action b_0 = mu(s) and K behaviour actions
-       b_k = mu(s) + noise (`DPGConfig.exploration_space`), each stepped by ``env``: reward r(s, b_k), next state
-       s'_k and, for ``critic_form="q"`` with the Bellman backup, the policy's next action mu(s'_k). These draws (steps, noise, exploration,
-       replay sampling) come from the loss's own generator ``rng``: the reference env's stream is left exactly as
-       DreamBooth's. The group is scored by the critic before it joins the replay buffer (``critic_r2_fresh``: R^2 on
-       transitions the critic has not trained on).
-    3. **Critic loss** on ``critic_batch_size`` states sampled from the replay buffer, in fp32 (autocast off). The
+    1. **Noised state.** s_t = ``td["instance"]``'s x0 noised by the reference env (the same draws of t and eps as
+       `DreamBoothLoss` for the same seed and batch); mu(s_t) = the U-Net's action, with gradients.
+    2. **Collected transitions** ``td["transitions"]`` (no gradients), for the critic: M = ``env.batch_size`` noised
+       states of the batch's x0 (cycled), at uniformly random schedule steps; for each, the policy's action b_0 =
+       mu(s) and K behaviour actions b_k = mu(s) + noise (`DPGConfig.exploration_space`), each stepped by ``env``:
+       reward r(s, b_k), next state s'_k and, for ``critic_form="q"`` with the Bellman backup, the policy's next
+       action mu(s'_k). These draws (steps, noise, exploration, replay sampling) come from the loss's own generator
+       ``rng``: the reference env's stream is left exactly as DreamBooth's. The group is scored by the critic before
+       it trains on it (``critic_r2_fresh``); it has joined the replay buffer, sampled as ``td["replay"]``.
+    3. **Critic loss** on the ``critic_batch_size`` replay states ``td["replay"]``, in fp32 (autocast off). The
        TD target is y_k = reward_scale r_k + gamma (1 - done_k) Q_target(s'_k, mu(s'_k)), with Q_target(s', mu(s'))
        = V_target(s') for ``critic_form="reward_value"``. The critic network regresses its target z_k (y_k for
        ``"q"``; the scaled reward for ``"reward_value"``, whose V regresses y_0 of the policy's own transition):
@@ -229,10 +230,11 @@ class DPGLoss(DiffusionLoss):
         else:
             self.convert_to_functional(value_network, "value_network", create_target_params=True)
         self.target_updater = SoftUpdate(self, tau=self.config.tau)  # every target_*_params
-        self.rng = torch.Generator(device=env.device)
+        self.rng = torch.Generator(device=env.device)  # every draw of the collector below
         self.rng.manual_seed(env.rng.initial_seed() + 1 if seed is None else seed)
-        storage = LazyTensorStorage(self.config.replay_size, device=env.device)
-        self.replay = ReplayBuffer(storage=storage, batch_size=self.config.critic_batch_size, generator=self.rng)
+        self.__dict__["transitions"] = CriticTransitionCollector(env, actor, CriticTransitionConfig(
+            config.exploration_std, config.exploration_space, config.exploration_actions, config.replay_size,
+            config.critic_batch_size, next_action=config.bootstrap and self.value_network is None), self.rng)
         self.register_buffer("collected_batches", torch.zeros((), dtype=torch.int64))
 
     def critic_parameters(self) -> list[nn.Parameter]:
@@ -302,67 +304,6 @@ class DPGLoss(DiffusionLoss):
     def actor_q(self, state: TensorDictBase, action: Tensor) -> Tensor:
         """The Q the actor maximises ``[B]``: `q_value` of the critic named by `DPGConfig.actor_reads`."""
         return self.q_value(state, action, target=self.config.actor_reads == "target")
-
-    # ------------------------------------------------------------ collection
-    def behaviour_actions(self, state: TensorDictBase, generator: torch.Generator | None = None) -> Tensor:
-        """``[B, K + 1, C, h, w]`` (fp32): mu(s) (index 0, detached) and K explorations of it (noise from
-        ``generator``, default the loss's). Computed in fp32: near t = 0, 1 - abar_t underflows in half precision."""
-        mu = state["action"].detach().float()
-        k = self.config.exploration_actions
-        noise = torch.randn((mu.shape[0], k, *mu.shape[1:]), generator=generator or self.rng, device=mu.device)
-        std = torch.full((mu.shape[0],), self.config.exploration_std, device=mu.device)
-        if self.config.exploration_space == "x0":
-            abar = self.env.schedule.abar(state["timestep"]).to(mu)
-            std = std * (abar / (1 - abar)).sqrt()  # |d eps| = sqrt(abar / (1 - abar)) |d x0_hat|
-        return torch.cat([mu[:, None], mu[:, None] + std.view(-1, 1, 1, 1, 1) * noise], dim=1)
-
-    @torch.no_grad()
-    def noised_states(self, batch: TensorDictBase, generator: torch.Generator | None = None) -> TensorDictBase:
-        """M = ``env.batch_size`` states for the critic: the batch's x0 cycled, noised to uniformly random schedule
-        steps with ``generator`` (default: the loss's), with the policy's action mu(s)."""
-        env, rng = self.env, generator or self.rng
-        count, size = env.batch_size[0], batch.batch_size[0]
-        given = batch.select("x0", "prompt_embeds", "negative_prompt_embeds")[torch.arange(count) % size].detach()
-        step = torch.randint(env.config.num_inference_steps, (count,), generator=rng, device=env.device)
-        x0 = given["x0"]
-        noise = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
-        given.update({"step": step, "latents": env.schedule.add_noise(x0, noise, env.schedule.timesteps[step])})
-        return self.actor(env.reset(given, set_state=True))
-
-    @torch.no_grad()
-    def collect(self, state: TensorDictBase, generator: torch.Generator | None = None) -> TensorDict:
-        """One replay entry per noised state: ``[B]`` with its K + 1 transitions on a second dimension.
-
-        Keys: ``"latents"``, ``"timestep"``, ``"x0"`` ``[B, ...]``; ``"prompt_embeds"`` ``[B, 1, D]`` (the mean over
-        tokens, all the critic reads); ``"action"`` ``[B, K+1, C, h, w]`` (index 0: mu(s)), ``"reward"`` ``[B, K+1]``,
-        ``("next", "latents" | "timestep" | "action" | "done")`` ``[B, K+1, ...]``; the next action mu(s') only for
-        ``critic_form="q"`` with bootstrap (zeros otherwise: nothing reads it).
-        """
-        state = state.detach()
-        actions = self.behaviour_actions(state, generator)
-        needs_next_action = self.config.bootstrap and self.value_network is None
-        steps = []
-        for k in range(actions.shape[1]):
-            step = self.env.step(state.exclude("action").set("action", actions[:, k]))["next"]
-            reward = step["reward"].squeeze(-1)  # a non-finite reward is an error of the Reward itself
-            if needs_next_action:
-                next_action = self.actor(step.select(*ACTOR_IN_KEYS).clone())["action"]
-            else:
-                next_action = torch.zeros_like(actions[:, k])
-            steps.append({"latents": step["latents"], "timestep": step["timestep"], "action": next_action,
-                          "done": step["done"].squeeze(-1), "reward": reward})
-        stacked = {key: torch.stack([s[key] for s in steps], dim=1) for key in steps[0]}
-        group = TensorDict(
-            latents=state["latents"],
-            timestep=state["timestep"],
-            x0=state["x0"],
-            prompt_embeds=state["prompt_embeds"].mean(dim=1, keepdim=True),
-            action=actions,
-            reward=stacked.pop("reward"),
-            batch_size=state.batch_size,
-        )
-        group["next"] = TensorDict(stacked, batch_size=[*state.batch_size, actions.shape[1]])
-        return group
 
     # ----------------------------------------------------------- critic loss
     @staticmethod
@@ -483,9 +424,10 @@ class DPGLoss(DiffusionLoss):
             batch_size=[],
         )
 
-    def auxiliary_loss(self) -> TensorDict:
-        """One more critic update's loss, on a fresh replay sample (the trainer steps the critic only)."""
-        return self.critic_loss(self.replay.sample())
+    def auxiliary_loss(self, replay: TensorDictBase) -> TensorDict:
+        """One more critic update's loss, on a fresh replay sample (``transitions.sample()``; the trainer steps the
+        critic only)."""
+        return self.critic_loss(replay)
 
     # --------------------------------------------------------------- forward
     def current_lam(self) -> float:
@@ -495,15 +437,19 @@ class DPGLoss(DiffusionLoss):
             return 0.0
         return self.config.lam * min(1.0, (done + 1) / max(self.config.lam_ramp_steps, 1))
 
-    def forward(self, batch: TensorDictBase) -> TensorDict:
+    def forward(self, td: TensorDictBase) -> TensorDict:
+        """The losses of one actor step on ``td = transitions.loss_input(batch)`` (keys `DPG_INPUT_KEYS`)."""
+        missing = [key for key in DPG_INPUT_KEYS if key not in td.keys()]
+        if missing:
+            raise KeyError(f"DPGLoss reads {list(DPG_INPUT_KEYS)} (missing {missing}): pass "
+                           "loss.transitions.loss_input(batch), which collects the critic's transitions for the batch.")
+        batch, group = td["instance"], td["transitions"]
         self.check_batch(batch)
         state = self.actor(self.noised_state(batch))
         action = state["action"]
-        group = self.collect(self.noised_states(batch))
-        with torch.no_grad():
+        with torch.no_grad():  # the fresh group, before the critic has trained on it
             fresh_r2 = r_squared(*self.critic_fit(self.rows(group), update_statistics=False)[:2])
-        self.replay.extend(group)
-        out = self.critic_loss(self.replay.sample()).to_dict()
+        out = self.critic_loss(td["replay"]).to_dict()
 
         lam = self.current_lam()
         eps_mse = self.eps_mse(state)
@@ -529,17 +475,6 @@ class DPGLoss(DiffusionLoss):
         )
         out["loss_actor"] = self.add_prior(loss_actor, batch, out, self.config.prior_weight)
         return TensorDict(out, batch_size=[])
-
-    # ----------------------------------------------------------- checkpoint
-    def collection_state(self) -> dict:
-        """The replay buffer's contents and cursor (the trainer checkpoints it; resuming restores it)."""
-        return {"replay": self.replay.state_dict()}
-
-    def load_collection_state(self, state: dict) -> None:
-        """Inverse of `collection_state`. The buffer's own copy of the generator is dropped: sampling goes on drawing
-        from ``rng`` (restored with the run's other generators), interleaved with the exploration noise."""
-        self.replay.load_state_dict(state["replay"])
-        self.replay.set_rng(self.rng)
 
 
 def r_squared(prediction: Tensor, target: Tensor) -> Tensor:

@@ -458,8 +458,8 @@ class PolicyGradientTrainer:
 
         trained = {name: p.detach().clone() for name, p in self.components.unet.named_parameters() if p.requires_grad}
         own = {"collector": self.collector.state_dict(), "rng": capture_rng(self._generators())}
-        if hasattr(self.loss, "collection_state"):  # DPG's replay buffer
-            own["collection"] = self.loss.collection_state()
+        if self.updater.transitions is not None:  # DPG's replay buffer
+            own["collection"] = self.updater.transitions.state_dict()
         ranks = per_process(self.accelerator, own)
         loss_state = loss_module_state(self.loss, self.components.unet.parameters())  # DPG: critic and targets
         checkpoint = Checkpoint(
@@ -498,8 +498,8 @@ class PolicyGradientTrainer:
         self.updater.scheduler.load_state_dict(checkpoint.states["scheduler"])
         own = checkpoint.states["ranks"][self.rank]
         self.collector.load_state_dict(own["collector"])
-        if hasattr(self.loss, "load_collection_state"):
-            self.loss.load_collection_state(own["collection"])
+        if self.updater.transitions is not None:
+            self.updater.transitions.load_state_dict(own["collection"])
         restore_rng(own["rng"], self._generators())
         self.iteration = checkpoint.step
 

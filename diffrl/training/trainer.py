@@ -285,8 +285,8 @@ class Trainer:
         }
         if self.ema is not None:
             states["ema"] = self.ema.state_dict()
-        if hasattr(self.loss, "collection_state"):  # e.g. DPG's replay buffer, one per process
-            collected = self.loss.collection_state()
+        if self.updater.transitions is not None:  # DPG's replay buffer, one per process
+            collected = self.updater.transitions.state_dict()
             states["collection"] = {"ranks": per_process(self.accelerator, collected)}
         images_seen = self.step * self.config.batch_size * self.config.gradient_accumulation_steps * self.world
         meta = {"world_size": self.world, "data_position": {"step": self.step, "images_seen": images_seen}, "config": self.config.to_json()}
@@ -327,10 +327,10 @@ class Trainer:
             if "ema" not in checkpoint.states:
                 raise ValueError(f"Checkpoint '{path}' has no moving average of the weights; was use_ema turned on?")
             self.ema.load_state_dict(checkpoint.states["ema"])
-        if hasattr(self.loss, "load_collection_state"):
+        if self.updater.transitions is not None:
             if "collection" not in checkpoint.states:
                 raise ValueError(f"Checkpoint '{path}' has no replay buffer for {type(self.loss).__name__}; was the method changed?")
-            self.loss.load_collection_state(checkpoint.states["collection"]["ranks"][self.rank])
+            self.updater.transitions.load_state_dict(checkpoint.states["collection"]["ranks"][self.rank])
         self.step = checkpoint.step
         self.last_checkpoint = Path(path)
 

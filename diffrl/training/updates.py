@@ -11,7 +11,7 @@
 4. steps the optimizer (one AdamW, one parameter group per role, each with its own learning rate), the
    learning-rate warm-up and the moving average of the actor (EMA, optional); an fp16 overflow skips all three;
 5. updates the loss's target critic (``target_updater``) and runs its critic-only updates (``auxiliary_updates`` x
-   ``auxiliary_loss``).
+   ``auxiliary_loss`` on a replay sample of the loss's transition collector, ``loss.transitions.sample()``).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ class CriticUpdate(nn.Module):
         self.critic = nn.ParameterList(loss.critic_parameters())
         self.__dict__["loss"] = loss  # not a submodule: DDP must see the critic's parameters only
 
-    def forward(self) -> TensorDict:
-        return self.loss.auxiliary_loss()
+    def forward(self, replay: TensorDict) -> TensorDict:
+        return self.loss.auxiliary_loss(replay)
 
 
 class LossUpdater:
@@ -88,20 +88,27 @@ class LossUpdater:
         self.scheduler = LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.model, self.optimizer = accelerator.prepare(loss, optimizer)  # DDP when distributed
         self.critic_update = accelerator.prepare(CriticUpdate(loss)) if self.params["critic"] else None
+        self.transitions = getattr(loss, "transitions", None)  # DPG's critic transitions and replay buffer
         self.ema = None
         if ema_decay is not None:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params["actor"], decay=ema_decay)
 
+    def loss_input(self, batch: TensorDict) -> TensorDict:
+        """What the loss reads for a collected ``batch``: the batch itself, or for a loss with a transition
+        collector (DPG) the batch with the critic's freshly collected transitions and a replay sample."""
+        return batch if self.transitions is None else self.transitions.loss_input(batch)
+
     def update(self, micro_batches: Iterable[TensorDict], label: str) -> dict[str, float]:
-        """One optimizer update on ``micro_batches`` (drawn lazily, one per accumulation step); ``label`` names the
-        update in errors (e.g. ``"step 3"``). Returns the logs, averaged over micro-batches and processes, with
-        ``grad_norm_<role>`` and ``skipped`` = 1.0 when the update was dropped."""
+        """One optimizer update on ``micro_batches`` (collected batches, drawn lazily, one per accumulation step; each
+        goes through `loss_input`); ``label`` names the update in errors (e.g. ``"step 3"``). Returns the logs,
+        averaged over micro-batches and processes, with ``grad_norm_<role>`` and ``skipped`` = 1.0 when the update was
+        dropped."""
         micro_logs, skip = [], False
         for batch in micro_batches:
             with self.accelerator.accumulate(self.model):
-                logs, skipped = self._forward_backward(batch, label)
+                logs, skipped = self._forward_backward(self.loss_input(batch), label)
             micro_logs.append(logs)
             skip = skip or skipped
         logs = average_logs(micro_logs)
@@ -149,7 +156,7 @@ class LossUpdater:
         """One critic-only update (`DPGLoss.auxiliary_loss`): the actor's gradients stay None, so AdamW leaves the
         actor (and its moments) untouched; the learning-rate schedule counts full updates and does not advance."""
         with self.accelerator.autocast():
-            loss_critic = self.critic_update()["loss_critic"]
+            loss_critic = self.critic_update(self.transitions.sample())["loss_critic"]
         logs = mean_over_processes(self.accelerator, {"loss_critic": loss_critic.detach().float()})
         if not math.isfinite(logs["loss_critic"]) and self._nonfinite({"loss_critic": loss_critic}, logs, label):
             return
