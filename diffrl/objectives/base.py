@@ -10,6 +10,7 @@ from torchrl.objectives import LossModule, SoftUpdate
 
 from diffrl.agents.actor import UNetActor
 from diffrl.envs.denoising import DenoisingEnv
+from diffrl.forward_process import true_noise
 
 PROMPT_KEYS = ("prompt_embeds", "negative_prompt_embeds")
 INSTANCE_KEYS = ("x0", *PROMPT_KEYS)
@@ -104,9 +105,7 @@ class DiffusionLoss(LossModule):
 
     def true_noise(self, state: TensorDictBase) -> Tensor:
         """eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t), ``[B, C, h, w]``, the regression target of eps_hat."""
-        latents, x0 = state["latents"], state["x0"]
-        abar = self._reference_env().schedule.abar(state["timestep"]).to(latents).view(-1, *([1] * (latents.ndim - 1)))
-        return (latents - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return true_noise(state["latents"], state["x0"], self._reference_env().schedule.abar(state["timestep"]))
 
     def eps_mse(self, state: TensorDictBase) -> Tensor:
         """Mean squared error between the state's ``"action"`` (eps_hat) and the true noise (the DreamBooth loss)."""

@@ -13,11 +13,21 @@ from torchrl.objectives import SoftUpdate
 
 from diffrl.agents.actor import UNetActor
 from diffrl.agents.critic import QCritic
-from diffrl.collectors.critic import DPG_INPUT_KEYS, CriticTransitionCollector, CriticTransitionConfig
+from diffrl.collectors.critic import (
+    DPG_INPUT_KEYS,
+    CriticTransitionCollector,
+    CriticTransitionConfig,
+)
 from diffrl.envs.denoising import DenoisingEnv
-from diffrl.objectives.base import DiffusionLoss, check_reference_env, check_unguided, check_weight, metric
+from diffrl.forward_process import look_forward
+from diffrl.objectives.base import (
+    DiffusionLoss,
+    check_reference_env,
+    check_unguided,
+    check_weight,
+    metric,
+)
 from diffrl.objectives.weighting import ACTOR_WEIGHTINGS, actor_weight
-from diffrl.rewards import look_forward
 
 EXPLORATION_SPACES = ("x0", "eps")
 CRITIC_FORMS = ("reward_value", "q")

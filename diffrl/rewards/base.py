@@ -11,19 +11,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from diffrl.forward_process import look_forward
+
 REQUIREMENTS = frozenset({"x0_hat", "x0", "images", "prompts"})
-
-
-def look_forward(latents: Tensor, action: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """x0_hat = (x_t - sqrt(1 - abar_t) * eps_hat) / sqrt(abar_t).
-
-    Args:
-        latents: x_t, ``[B, C, h, w]``.
-        action: predicted noise eps_hat, ``[B, C, h, w]``.
-        alphas_cumprod: abar_t per sample, ``[B]``.
-    """
-    abar = alphas_cumprod.to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
-    return (latents - (1 - abar).sqrt() * action) / abar.sqrt()
 
 
 @dataclass
