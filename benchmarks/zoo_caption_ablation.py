@@ -40,7 +40,7 @@ from transformers import CLIPModel, CLIPTokenizer  # noqa: E402
 from diffrl.io import atomic_write_text  # noqa: E402
 from diffrl.zoo.registry import load  # noqa: E402
 from diffrl.zoo.training.clip import CLIPTrainConfig, train_clip  # noqa: E402
-from diffrl.zoo.training.common import world_data  # noqa: E402
+from diffrl.zoo.training.common import world_data, world_path  # noqa: E402
 from diffrl.zoo.training.evaluate import prompt_following  # noqa: E402
 from diffrl.zoo.training.unet import UNetTrainConfig, train_unet  # noqa: E402
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     captions = parse_overrides(args.set, parser, UNetTrainConfig)
     if set(captions) - set(CAPTION_FIELDS):
         parser.error(f"--set takes caption fields only ({', '.join(CAPTION_FIELDS)}), got {sorted(captions)}")
-    for path in (CACHE / "vae_stage1", CACHE / "world_24000_0.npz"):
+    for path in (CACHE / "vae_stage1", world_path(CACHE)):
         if not path.exists():
             parser.error(f"{path} is missing: run the zoo build's vae stage first (python scripts/build_zoo.py --stage vae).")
     torch.set_num_threads(args.threads)

@@ -16,7 +16,14 @@ from diffrl.zoo.registry import zoo_paths
 from diffrl.zoo.subjects import write_subjects
 from diffrl.zoo.training.card import write_card
 from diffrl.zoo.training.clip import CLIPTrainConfig, refine_clip_vision, train_clip
-from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, stage_timer, world_data, written_atomically
+from diffrl.zoo.training.common import (
+    STAGE_DEPENDS,
+    STAGES,
+    WORLD_SCENES,
+    stage_timer,
+    world_data,
+    written_atomically,
+)
 from diffrl.zoo.training.dino import DINOTrainConfig, train_dino
 from diffrl.zoo.training.evaluate import evaluate_zoo
 from diffrl.zoo.training.personalisation import PersonalisationConfig, measure_personalisation
@@ -31,7 +38,7 @@ class ZooBuildConfig:
     weights: Path  # shipped models: sd/, clip/, dino/, dino_eval/, the model card
     cache: Path  # rendered scenes, stage-1 models, per-stage records (not shipped)
     subjects: Path  # bundled personalization subjects (DreamBench layout)
-    world_scenes: int = 24000
+    world_scenes: int = WORLD_SCENES
     world_seed: int = 0
     clip: CLIPTrainConfig = field(default_factory=CLIPTrainConfig)
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)

@@ -59,9 +59,18 @@ class WorldData:
                          self.contexts + [s.context for s in specs])
 
 
-def world_data(cache_dir: Path, n: int = 24000, seed: int = 0) -> WorldData:
+WORLD_SCENES = 24000
+"""Pretraining scenes of a zoo build (`ZooBuildConfig.world_scenes`), rendered once into the build cache."""
+
+
+def world_path(cache_dir: Path, n: int = WORLD_SCENES, seed: int = 0) -> Path:
+    """Where `world_data` caches ``n`` scenes of ``seed``."""
+    return cache_dir / f"world_{n}_{seed}.npz"
+
+
+def world_data(cache_dir: Path, n: int = WORLD_SCENES, seed: int = 0) -> WorldData:
     """Render (or load from ``cache_dir``) ``n`` pretraining scenes with ``seed``."""
-    path = cache_dir / f"world_{n}_{seed}.npz"
+    path = world_path(cache_dir, n, seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     # stages running at once: the first renders, the others wait on the lock and then load its file
     with open(path.with_suffix(".lock"), "w") as lock:
