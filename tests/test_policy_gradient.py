@@ -11,6 +11,7 @@ from diffrl.models import load_sd_components
 from diffrl.objectives.advantages import group_normalized
 from diffrl.objectives.ddpo import DDPOConfig, DDPOLoss
 from diffrl.objectives.grpo import GRPOConfig, GRPOLoss
+from diffrl.training.lock import RunLockedError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a sks dog", "a sks dog", "a red cat", "a red cat"]
@@ -309,6 +310,11 @@ def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
         PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=1))
     with pytest.raises(ValueError, match=r"other settings \(\['lr'\]\)"):
         PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=2, lr=1e-4, resume=True))
+    holding = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "busy", iterations=1))  # one writer per folder
+    with pytest.raises(RunLockedError, match="is in use by another run"):
+        PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "busy", iterations=1))
+    holding.train()  # releases the folder
+    PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "busy", iterations=2, resume=True)).train()
 
 
 def test_diffrl_train_command(tiny_sd_path, tmp_path):

@@ -46,7 +46,9 @@ from diffrl.training.config import (
     TrainConfig,
     check_report_to,
 )
+from diffrl.training.lock import RunLock
 from diffrl.training.rng import find_generators
+from diffrl.training.rundir import RunDir, releases_run_dir
 from diffrl.training.updates import LossUpdater, average_logs
 
 if TYPE_CHECKING:
@@ -337,6 +339,7 @@ class PolicyGradientTrainer:
     U-Net stays identical in all of them; the logged scalars are means over processes.
     """
 
+    @releases_run_dir(always=False)
     def __init__(self, config: PolicyGradientConfig) -> None:
         from diffrl.agents import UNetActor
         from diffrl.collectors import TrajectoryCollector, TrajectoryCollectorConfig
@@ -350,12 +353,16 @@ class PolicyGradientTrainer:
         if len(prompts) < config.prompts_per_batch:
             raise ValueError(f"'{config.prompts}' has {len(prompts)} prompts, fewer than prompts_per_batch="
                              f"{config.prompts_per_batch}.")
+        self.accelerator = make_accelerator(config.mixed_precision, config.output_dir, config.report_to)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.run_dir = RunDir(Path(config.output_dir), None)  # the lock is the main process's
+        if self.accelerator.is_main_process:  # one writer per folder (`diffrl.training.lock`), held until train ends
+            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+            self.run_dir.lock = RunLock(config.output_dir)
         existing = list_checkpoints(config.checkpoint_dir) if config.checkpoint_dir.is_dir() else []
         if existing and not config.resume:
             raise FileExistsError(f"'{config.output_dir}' already holds a run ({existing[-1].name}): continue it with "
                                   "resume=True (CLI: --resume) or choose another output_dir.")
-        self.accelerator = make_accelerator(config.mixed_precision, config.output_dir, config.report_to)
-        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         seed = derive_seed(config.seed, self.rank)  # this process's collection, sampling noise and minibatch order
         torch.manual_seed(config.seed)
         device = self.accelerator.device
@@ -430,8 +437,10 @@ class PolicyGradientTrainer:
         """The mean of a 0-d tensor over processes."""
         return mean_over_processes(self.accelerator, {"value": value.float()})["value"]
 
+    @releases_run_dir(always=True)
     def train(self) -> Path:
-        """Run to ``config.iterations`` (checkpointing every ``checkpoint_every``); export and return the model."""
+        """Run to ``config.iterations`` (checkpointing every ``checkpoint_every``); export and return the model. The
+        run folder's lock is released when it returns or raises."""
         from diffrl.training.history import HistoryLog
 
         main = self.accelerator.is_main_process
