@@ -6,7 +6,9 @@ x_t itself is drawn by the schedule (`diffrl.envs.scheduling.BatchedScheduler.ad
 - `look_forward`: the clean sample an action implies, x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t), so
   ||x0_hat - x0||^2 = (1 - abar_t) / abar_t ||eps_hat - eps||^2;
 - `true_noise`: the noise that took x0 to x_t, eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t), the regression
-  target of eps_hat.
+  target of eps_hat;
+- `eps_per_x0_hat`: |d eps_hat| / |d x0_hat| = sqrt(abar_t / (1 - abar_t)) = sqrt(SNR_t), how a change of the
+  action scales to a change of the clean sample it implies.
 
 ``abar`` is abar_t per sample ``[B]``; latents are ``[B, C, h, w]``.
 """
@@ -37,3 +39,9 @@ def true_noise(latents: Tensor, x0: Tensor, alphas_cumprod: Tensor) -> Tensor:
     the clean latents ``x0`` in place of the action)."""
     abar = _per_sample(alphas_cumprod, latents)
     return (latents - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+
+def eps_per_x0_hat(alphas_cumprod: Tensor) -> Tensor:
+    """sqrt(abar_t / (1 - abar_t)) = sqrt(SNR_t) per sample ``[B]``: a change d of x0_hat is a change
+    sqrt(abar_t / (1 - abar_t)) d of eps_hat at the same x_t."""
+    return (alphas_cumprod / (1 - alphas_cumprod)).sqrt()

@@ -20,6 +20,7 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer
 
 from diffrl.agents.actor import ACTOR_IN_KEYS, UNetActor
 from diffrl.envs.denoising import DenoisingEnv
+from diffrl.forward_process import eps_per_x0_hat
 
 DPG_INPUT_KEYS = ("instance", "transitions", "replay")
 """The keys of `CriticTransitionCollector.loss_input`, `DPGLoss`'s input."""
@@ -84,8 +85,7 @@ class CriticTransitionCollector:
         noise = torch.randn((mu.shape[0], k, *mu.shape[1:]), generator=generator or self.rng, device=mu.device)
         std = torch.full((mu.shape[0],), self.config.exploration_std, device=mu.device)
         if self.config.exploration_space == "x0":
-            abar = self.env.schedule.abar(state["timestep"]).to(mu)
-            std = std * (abar / (1 - abar)).sqrt()  # |d eps| = sqrt(abar / (1 - abar)) |d x0_hat|
+            std = std * eps_per_x0_hat(self.env.schedule.abar(state["timestep"]).to(mu))
         return torch.cat([mu[:, None], mu[:, None] + std.view(-1, 1, 1, 1, 1) * noise], dim=1)
 
     @torch.no_grad()

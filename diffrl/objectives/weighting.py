@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffrl.forward_process import eps_per_x0_hat
+
 ACTOR_WEIGHTINGS = ("none", "gamma_t", "snr")
 
 
@@ -35,6 +37,5 @@ def actor_weight(kind: str, timesteps: Tensor, alphas_cumprod: Tensor, gamma: fl
             raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
         return torch.pow(gamma, timesteps.float())
     if kind == "snr":
-        abar = alphas_cumprod.float().to(timesteps.device)
-        return (abar / (1 - abar)).sqrt().clamp(max=1.0)
+        return eps_per_x0_hat(alphas_cumprod.float().to(timesteps.device)).clamp(max=1.0)
     return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)

@@ -474,8 +474,7 @@ class PolicyGradientTrainer:
         checkpoint = Checkpoint(
             step=self.iteration,
             tensors={"unet": trained, "loss": loss_state},
-            states={"optimizer": self.updater.optimizer.state_dict(), "scheduler": self.updater.scheduler.state_dict(),
-                    "ranks": ranks},
+            states={"optimizer": self.updater.optimizer.state_dict(), "ranks": ranks},  # constant lr: no schedule
             meta={"config": dataclasses.asdict(self.config), "world_size": self.world},
         )
         path = self.config.checkpoint_dir / f"ckpt-{self.iteration:06d}"
@@ -504,7 +503,6 @@ class PolicyGradientTrainer:
                 params[name].copy_(value)
         load_loss_module_state(self.loss, checkpoint.tensors.get("loss", {}), path)
         self.updater.optimizer.load_state_dict(checkpoint.states["optimizer"])
-        self.updater.scheduler.load_state_dict(checkpoint.states["scheduler"])
         own = checkpoint.states["ranks"][self.rank]
         self.collector.load_state_dict(own["collector"])
         if self.updater.transitions is not None:
