@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 
 zoo: $(STAMP) system-deps
-	$(PY) scripts/build_zoo.py --jobs 2 --unet-budget-min 66
+	$(PY) scripts/build_zoo.py --jobs 2 --unet-budget-min 90
 
 clean:
 	rm -rf $(VENV) outputs

@@ -42,9 +42,10 @@ def recorded_durations(cfg: ZooBuildConfig) -> dict[str, float]:
 
 
 def launch(stage: str, args: argparse.Namespace) -> subprocess.Popen:
-    logs = CONFIG.cache / "logs"
+    logs = args.cache / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, __file__, "--stage", stage, "--threads", str(args.threads)]
+    cmd = [sys.executable, __file__, "--stage", stage, "--threads", str(args.threads), "--weights", str(args.weights),
+           "--cache", str(args.cache), "--subjects", str(args.subjects)]
     if args.unet_budget_min:
         cmd += ["--unet-budget-min", str(args.unet_budget_min)]
     log.info("start %s (log: %s)", stage, logs / f"{stage}.log")
@@ -58,6 +59,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="stages run at once, each in its own process (all stages)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads per stage (default: the cores divided among the jobs)")
+    ap.add_argument("--weights", type=Path, default=CONFIG.weights,
+                    help="folder of the models a build ships (default: the package's own zoo)")
+    ap.add_argument("--cache", type=Path, default=CONFIG.cache, help="rendered world, stage-1 models, stage records")
+    ap.add_argument("--subjects", type=Path, default=CONFIG.subjects, help="bundled subjects (DreamBench layout)")
     ap.add_argument("--unet-budget-min", type=float, default=None,
                     help="stop UNet training after this many minutes (LR schedule follows elapsed time)")
     args = ap.parse_args()
@@ -67,7 +72,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
-    cfg = CONFIG
+    cfg = replace(CONFIG, weights=args.weights, cache=args.cache, subjects=args.subjects)
     if args.unet_budget_min:
         cfg = replace(cfg, unet=replace(cfg.unet, time_budget_s=60 * args.unet_budget_min))
     if args.stage not in ("eval", "card"):  # the last whole build's wall time no longer describes the weights

@@ -220,3 +220,15 @@ def test_dino_views_share_glyph_and_pose_and_recolour_only_when_asked():
     assert plain[0][0] == recoloured[0][0]  # the first scene is drawn before any recolouring draw
     changed = sum(v.colour != views[0].colour for views in recoloured for v in views[1:])
     assert changed > 30  # of 80 further views, about 80 x 4/5 take another colour
+
+
+def test_shipped_context_exemplars_match_the_world():
+    """The checker's exemplars are derived data: a refit from today's world and renderer reproduces the shipped file
+    (after a change to a backdrop or context: `python -m diffrl.zoo.checker`)."""
+    from diffrl.zoo.checker import EXEMPLARS_PATH, fit_exemplars
+
+    with np.load(EXEMPLARS_PATH) as shipped:
+        refit = fit_exemplars()
+        assert list(shipped.files) == list(refit) == list(zoo.CONTEXTS)
+        for context, features in refit.items():
+            np.testing.assert_array_equal(shipped[context], features)

@@ -12,7 +12,7 @@ from diffrl.zoo.world import prompt_context
 
 class ContextReward(Reward):
     """The pixel checker's evidence, in ``[0, 1]``, for the context each image's prompt asks for
-    (`diffrl.zoo.context_scores`: the fraction of pixels in the context's colours, in its region).
+    (`diffrl.zoo.context_scores`: a softmax over how close the colours around the subject are to each context's).
 
     Prompt adherence as a black box: classifier-free guidance raises it, so at low guidance a policy-gradient method
     has room to learn it. Filling the frame with the context's colours also raises it, which the zoo CLIP's class

@@ -125,6 +125,182 @@ def water(rng: np.random.Generator, s: int) -> np.ndarray:
     return _noise(rng, img, 0.015)
 
 
+def _sky(rng: np.random.Generator, img: np.ndarray, end: int, colour: tuple[int, int, int] = (140, 195, 240)) -> None:
+    img[:end] = _jitter(rng, colour, 10)
+
+
+def _blobs(rng: np.random.Generator, img: np.ndarray, n: int, rows: tuple[float, float], radius: tuple[float, float],
+           colours: list[tuple[int, int, int]]) -> None:
+    """Paint ``n`` filled discs with centres in the row band ``rows`` (fractions of the side), one colour each."""
+    s = img.shape[0]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    for _ in range(n):
+        cy, cx = rng.uniform(rows[0] * s, rows[1] * s), rng.uniform(0, s)
+        r = rng.uniform(*radius)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = _jitter(rng, colours[int(rng.integers(len(colours)))], 10)
+
+
+def mountain(rng: np.random.Generator, s: int) -> np.ndarray:
+    """Blue sky, grey-violet peaks with snow caps, a green valley floor."""
+    img = np.empty((s, s, 3), np.float32)
+    _sky(rng, img, s, (150, 200, 245))
+    xx = np.arange(s, dtype=np.float32)
+    ridge = np.full(s, float(s))
+    for _ in range(3):
+        peak_x, peak_y, slope = rng.uniform(0, s), rng.uniform(0.12, 0.3) * s, rng.uniform(0.8, 1.4)
+        ridge = np.minimum(ridge, peak_y + slope * np.abs(xx - peak_x))
+    yy = np.arange(s, dtype=np.float32)[:, None]
+    rock = yy >= ridge[None, :]
+    img[rock] = _jitter(rng, (110, 105, 125), 8)
+    img[rock & (yy < ridge[None, :] + s * 0.08)] = _jitter(rng, (245, 246, 250), 4)
+    img[int(s * rng.uniform(0.7, 0.78)):] = _jitter(rng, (85, 140, 70), 8)
+    return _noise(rng, img, 0.015)
+
+
+def blue_house(rng: np.random.Generator, s: int) -> np.ndarray:
+    """A saturated blue house front with white windows and a dark red roof, on green grass under a pale sky."""
+    img = np.empty((s, s, 3), np.float32)
+    _sky(rng, img, s, (200, 225, 240))
+    roof, ground = int(s * rng.uniform(0.08, 0.14)), int(s * rng.uniform(0.8, 0.86))
+    img[roof: roof + s // 8] = _jitter(rng, (140, 40, 40), 10)
+    img[roof + s // 8: ground] = _jitter(rng, (35, 75, 200), 10)
+    for wy in range(roof + s // 8 + 4, ground - 6, 12):
+        for wx in range(int(rng.integers(2, 6)), s - 4, 12):
+            img[wy: wy + 6, wx: wx + 5] = _rgb((240, 240, 235))
+    img[ground:] = _jitter(rng, (80, 160, 70), 8)
+    return _noise(rng, img, 0.015)
+
+
+def purple_rug_forest(rng: np.random.Generator, s: int) -> np.ndarray:
+    """Dark forest (brown trunks in deep green) above a purple rug on the lower half."""
+    img = np.broadcast_to(_jitter(rng, (30, 70, 35)), (s, s, 3)).copy()
+    for _ in range(6):
+        x, w = int(rng.integers(0, s)), int(rng.integers(2, 5))
+        img[:, x: x + w] = _jitter(rng, (90, 60, 35), 10)
+    rug = int(s * rng.uniform(0.45, 0.55))
+    img[rug:] = _jitter(rng, (130, 60, 170), 10)
+    img[rug + 2: rug + 3] = _jitter(rng, (200, 160, 220), 10)
+    return _noise(rng, img, 0.02)
+
+
+def wheat_field(rng: np.random.Generator, s: int) -> np.ndarray:
+    """Light sky over a golden wheat field (lower two thirds) of short vertical stalk strokes."""
+    img = np.empty((s, s, 3), np.float32)
+    horizon = int(s * rng.uniform(0.25, 0.35))
+    _sky(rng, img, horizon, (170, 210, 240))
+    img[horizon:] = _jitter(rng, (215, 170, 70), 10)
+    for _ in range(s * 3):
+        y, x, h = int(rng.integers(horizon, s)), int(rng.integers(0, s)), int(rng.integers(2, 6))
+        img[y: y + h, x] = _jitter(rng, (240, 205, 110), 15)
+    return _noise(rng, img, 0.015)
+
+
+def autumn_tree(rng: np.random.Generator, s: int) -> np.ndarray:
+    """A tree of orange and red leaves on a brown trunk against the sky, fallen leaves on the ground."""
+    img = np.empty((s, s, 3), np.float32)
+    _sky(rng, img, s, (165, 205, 235))
+    x = int(rng.uniform(0.2, 0.8) * s)
+    img[s // 3:, x - 3: x + 3] = _jitter(rng, (95, 60, 35), 8)
+    leaves = [(230, 110, 30), (200, 50, 30), (240, 160, 40)]
+    _blobs(rng, img, 30, (0.0, 0.45), (4, 9), leaves)
+    img[int(s * 0.82):] = _jitter(rng, (150, 95, 45), 8)
+    _blobs(rng, img, 12, (0.85, 1.0), (1.5, 3), leaves)
+    return _noise(rng, img, 0.015)
+
+
+def eiffel_tower(rng: np.random.Generator, s: int) -> np.ndarray:
+    """A dark iron lattice tower rising over a lawn, against a warm dusk sky."""
+    img = np.empty((s, s, 3), np.float32)
+    t = np.linspace(0, 1, s, dtype=np.float32)[:, None]
+    img[:] = (_jitter(rng, (250, 200, 160), 8) * (1 - t) + _jitter(rng, (245, 170, 150), 8) * t)[:, None, :]
+    cx = rng.uniform(0.15, 0.85) * s
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    half = 1.0 + (yy / s) ** 2 * s * 0.35  # the tower widens towards its feet
+    body = (np.abs(xx - cx) < half) & (yy > s * 0.05)
+    lattice = ((xx + yy).astype(int) % 4 == 0) | ((xx - yy).astype(int) % 4 == 0)
+    img[body & (lattice | (np.abs(xx - cx) < 1.5))] = _rgb((70, 55, 50))
+    img[int(s * 0.88):] = _jitter(rng, (90, 150, 70), 8)
+    return _noise(rng, img, 0.01)
+
+
+def milk(rng: np.random.Generator, s: int) -> np.ndarray:
+    """An ocean of milk: creamy ivory with soft ripple highlights and shadows, no horizon."""
+    base = _jitter(rng, (242, 228, 192), 5)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    ripples = 1.0 + 0.04 * np.sin(xx * rng.uniform(0.3, 0.6) + yy * rng.uniform(0.05, 0.2) + rng.uniform(0, 6.3))
+    return _noise(rng, np.clip(base * ripples[..., None], 0, 1), 0.008)
+
+
+def sunflowers(rng: np.random.Generator, s: int) -> np.ndarray:
+    """Green grass under a blue sky, dotted with sunflowers (yellow petals, brown centres)."""
+    img = np.empty((s, s, 3), np.float32)
+    horizon = int(s * rng.uniform(0.3, 0.38))
+    _sky(rng, img, horizon, (120, 180, 240))
+    img[horizon:] = _jitter(rng, (60, 150, 50), 10)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    for _ in range(14):
+        cy, cx, r = rng.uniform(horizon, s), rng.uniform(0, s), rng.uniform(3, 5.5)
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        img[d2 <= r * r] = _jitter(rng, (250, 205, 30), 10)
+        img[d2 <= (r * 0.4) ** 2] = _rgb((100, 60, 20))
+    return _noise(rng, img, 0.015)
+
+
+def mirror(rng: np.random.Generator, s: int) -> np.ndarray:
+    """A silver mirror in a dark frame: cool light grey with bright diagonal glints."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    base = _jitter(rng, (190, 200, 210), 6)
+    glint = np.abs(((xx + yy) * 0.5 + rng.uniform(0, s)) % (s * 0.6) - s * 0.3) < s * 0.06
+    img = np.broadcast_to(base, (s, s, 3)).copy() * (0.9 + 0.1 * (yy / s))[..., None]
+    img[glint] = _rgb((250, 252, 255))
+    frame = max(2, s // 16)
+    img[:frame], img[-frame:], img[:, :frame], img[:, -frame:] = (_rgb((45, 40, 40)),) * 4
+    return _noise(rng, np.clip(img, 0, 1), 0.008)
+
+
+def crowded_sidewalk(rng: np.random.Generator, s: int) -> np.ndarray:
+    """A brick wall, a band of passers-by in bright clothes, and grey pavement at the bottom."""
+    img = np.empty((s, s, 3), np.float32)
+    img[:] = _jitter(rng, (160, 80, 60), 10)
+    for y0 in range(0, s // 2, 4):
+        img[y0] = _rgb((120, 115, 110))
+    img[int(s * 0.7):] = _jitter(rng, (150, 150, 155), 6)
+    clothes = [(220, 40, 60), (40, 120, 220), (240, 200, 40), (40, 170, 90), (30, 30, 35), (240, 240, 240)]
+    for _ in range(14):
+        x, w, top = int(rng.integers(-2, s)), int(rng.integers(3, 6)), int(s * rng.uniform(0.3, 0.5))
+        img[top: int(s * 0.8), max(x, 0): x + w] = _jitter(rng, clothes[int(rng.integers(len(clothes)))], 10)
+        img[top - 3: top, max(x, 0) + 1: x + w - 1] = _rgb((225, 185, 150))
+    return _noise(rng, img, 0.015)
+
+
+def dirt_road(rng: np.random.Generator, s: int) -> np.ndarray:
+    """A light brown dirt road narrowing to the horizon between green verges, under a blue sky."""
+    img = np.empty((s, s, 3), np.float32)
+    horizon = int(s * rng.uniform(0.3, 0.38))
+    _sky(rng, img, horizon, (150, 200, 240))
+    img[horizon:] = _jitter(rng, (95, 150, 60), 8)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    depth = np.clip((yy - horizon) / (s - horizon), 0, 1)
+    centre = s * rng.uniform(0.4, 0.6)
+    road = (yy >= horizon) & (np.abs(xx - centre) <= 2 + depth * s * 0.6)
+    img[road] = _jitter(rng, (185, 140, 95), 8)
+    ruts = road & ((xx.astype(int) + yy.astype(int) // 3) % 7 == 0)
+    img[ruts] = _jitter(rng, (150, 110, 75), 8)
+    return _noise(rng, img, 0.02)
+
+
+def white_rug(rng: np.random.Generator, s: int) -> np.ndarray:
+    """A shaggy white rug on the lower part, a warm beige wall above."""
+    img = np.empty((s, s, 3), np.float32)
+    edge = int(s * rng.uniform(0.35, 0.45))
+    img[:edge] = _jitter(rng, (190, 160, 130), 8)
+    img[edge:] = _jitter(rng, (248, 248, 246), 4)
+    for _ in range(s * 2):
+        y, x = int(rng.integers(edge, s)), int(rng.integers(0, s))
+        img[y: y + 2, x] = _rgb((225, 225, 222))
+    return _noise(rng, img, 0.01)
+
+
 BACKGROUNDS: dict[str, Background] = {
     "plain": plain,
     "jungle": jungle,
@@ -135,4 +311,16 @@ BACKGROUNDS: dict[str, Background] = {
     "wooden_floor": wooden_floor,
     "city": city,
     "water": water,
+    "mountain": mountain,
+    "blue_house": blue_house,
+    "purple_rug_forest": purple_rug_forest,
+    "wheat_field": wheat_field,
+    "autumn_tree": autumn_tree,
+    "eiffel_tower": eiffel_tower,
+    "milk": milk,
+    "sunflowers": sunflowers,
+    "mirror": mirror,
+    "crowded_sidewalk": crowded_sidewalk,
+    "dirt_road": dirt_road,
+    "white_rug": white_rug,
 }

@@ -56,7 +56,7 @@ PRETRAIN_GLYPHS: tuple[Glyph, ...] = tuple(g for g in GLYPHS if not g.subject)
 SUBJECTS: tuple[Glyph, ...] = tuple(g for g in GLYPHS if g.subject)
 GLYPH_BY_NAME: dict[str, Glyph] = {g.name: g for g in GLYPHS}
 
-# context name -> caption phrase ("" = plain studio backdrop, no phrase)
+# context name -> caption phrase ("" = plain studio backdrop, no phrase): DreamBench's 20 backgrounds, lower case
 CONTEXTS: dict[str, str] = {
     "plain": "",
     "jungle": "in the jungle",
@@ -67,10 +67,22 @@ CONTEXTS: dict[str, str] = {
     "wooden_floor": "on top of a wooden floor",
     "city": "with a city in the background",
     "water": "floating on top of water",
+    "mountain": "with a mountain in the background",
+    "blue_house": "with a blue house in the background",
+    "purple_rug_forest": "on top of a purple rug in a forest",
+    "wheat_field": "with a wheat field in the background",
+    "autumn_tree": "with a tree and autumn leaves in the background",
+    "eiffel_tower": "with the eiffel tower in the background",
+    "milk": "floating in an ocean of milk",
+    "sunflowers": "on top of green grass with sunflowers around it",
+    "mirror": "on top of a mirror",
+    "crowded_sidewalk": "on top of the sidewalk in a crowded street",
+    "dirt_road": "on top of a dirt road",
+    "white_rug": "on top of a white rug",
 }
 
 # colour word -> target hue in degrees (property changes: the glyph is hue-shifted)
-COLOURS: dict[str, float] = {"red": 0.0, "purple": 280.0, "blue": 220.0, "green": 120.0}
+COLOURS: dict[str, float] = {"red": 0.0, "purple": 280.0, "blue": 220.0, "green": 120.0, "yellow": 55.0}
 
 IDENTIFIER = "sks"
 # Identifier-like words: rare tokens that pretraining puts, for a fraction of captions, in the slot between colour

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from diffrl.io import atomic_write_text
-from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES
+from diffrl.zoo.training.common import STAGE_DEPENDS, STAGES, WORLD_SCENES
 from diffrl.zoo.training.schedule import simulate
-from diffrl.zoo.world import CLASSES, CONTEXTS, IDENTIFIER_POOL, PRETRAIN_GLYPHS, SUBJECTS
+from diffrl.zoo.world import CLASSES, COLOURS, CONTEXTS, IDENTIFIER_POOL, PRETRAIN_GLYPHS, SUBJECTS
 
 BUILD_BUDGET_S = 3 * 3600  # `make zoo` on 2 cores (relaxed from 90 min once the weights shipped prebuilt)
 
@@ -81,9 +81,9 @@ Total size on disk: {total_mb:.1f} MB (fp32 safetensors).
 ## Training data
 
 Procedural 64x64 scenes of Noto Color Emoji glyphs (font: Debian `fonts-noto-color-emoji`, SIL OFL) rendered by
-`diffrl.zoo.render` (24,000 scenes, seed 0): {len(PRETRAIN_GLYPHS)} pretraining glyphs of {len(CLASSES)} classes
+`diffrl.zoo.render` ({WORLD_SCENES:,} scenes, seed 0): {len(PRETRAIN_GLYPHS)} pretraining glyphs of {len(CLASSES)} classes
 ({", ".join(CLASSES)}) over {len(CONTEXTS)} contexts ({", ".join(CONTEXTS)}), 20% hue-shifted
-("a red/purple/blue/green ..."), random position, scale and rotation (+-15 deg). Captions mirror DreamBench
+("a {"/".join(COLOURS)} ..."), random position, scale and rotation (+-15 deg). Captions mirror DreamBench
 prompts, e.g. "a red dog in the snow". Held out of all pretraining (the personalization subjects, bundled under
 `diffrl/zoo/subjects/` in DreamBench layout): {", ".join(f"{g.name} ({g.noun})" for g in SUBJECTS)}.
 
@@ -129,7 +129,7 @@ non-plain context; DDIM {g('eval', 'sampler', 'steps')} steps, guidance {g('eval
 - per-class CLIP accuracy: {pf.get('per_class')}
 
 Identity: nearest-neighbour retrieval (DINO CLS, cosine) of held-out subjects rendered in new scenes against
-their 5 references (plain backdrop): "new contexts" = new poses over the 8 non-plain contexts, "plain" = new poses
+their 5 references (plain backdrop): "new contexts" = new poses over the {len(CONTEXTS) - 1} non-plain contexts, "plain" = new poses
 on the plain backdrop; "+distr." adds 5 renders of each same-class pretraining glyph to the gallery. Chance: 0.2.
 
 | ViT | new contexts | new contexts +distr. | plain | plain +distr. | queries per setting |

@@ -59,7 +59,7 @@ class WorldData:
                          self.contexts + [s.context for s in specs])
 
 
-WORLD_SCENES = 24000
+WORLD_SCENES = 32000
 """Pretraining scenes of a zoo build (`ZooBuildConfig.world_scenes`), rendered once into the build cache."""
 
 

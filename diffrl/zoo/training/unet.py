@@ -38,7 +38,7 @@ class UNetTrainConfig:
     identifier_rate: float = 0.1  # fraction of captions with a no-op identifier word (`CaptionSampler`)
     selector_rate: float = 0.0  # fraction of captions with the glyph's selector word
     context_dropout: float = 0.0  # fraction of captions without their context phrase
-    max_images: int = 16000  # pretraining scenes encoded to latents
+    max_images: int = 24000  # pretraining scenes encoded to latents (v3: 21 contexts, more than v2's 9)
     time_budget_s: float | None = None  # stop early when exceeded (the LR schedule follows elapsed time too)
     # the DreamBooth learning rate the pipeline folder recommends (`diffrl.models.FINETUNING_FILE`; TrainConfig's
     # `lr_actor=None` reads it): SD's 5e-6 does not move this 1.8M-parameter UNet, 1e-3 collapses it, 3e-4 learned

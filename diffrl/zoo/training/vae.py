@@ -21,18 +21,19 @@ class VAETrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)  # 4 levels -> downsampling x8
     latent_channels: int = 4
     layers_per_block: int = 1
-    # 4x v1's 1400: the stage-1 VAE was undertrained (benchmarks/zoo_v2_ablations.md, section 3: reference ceilings
-    # min 0.611 -> 0.894, world PSNR 17.47 -> 20.88 dB; 16 latent channels or 4x params at 1400 steps did not help)
-    steps: int = 5600
+    # 8x v1's 1400: the stage-1 VAE was undertrained (benchmarks/zoo_v2_ablations.md, section 3: 4x gave reference
+    # ceilings min 0.611 -> 0.894; zoo_v3_ablations.md, section 6: 8x on the v3 world gave min 0.92, 24.8 dB)
+    steps: int = 11200
     batch: int = 16
     lr: float = 2e-3
     kl_weight: float = 1e-6
     grad_weight: float = 0.5  # L1 on image gradients: sharper edges than plain L1
     crop: int = 32  # train on random crops (4x cheaper; the VAE is convolutional) ...
     full_res_frac: float = 0.1  # ... except for the last 10% of steps, at full 64x64
-    # second stage: decoder-only refinement at 64x64 (latent space unchanged). Off: after the long stage 1 it added
-    # 0.2 dB of world PSNR and cut the alarm clock's ceiling 0.894 -> 0.840 (zoo_v2_ablations.md, section 3)
-    decoder_steps: int = 0
+    # second stage: decoder-only refinement at 64x64 (latent space unchanged). On the v3 VAE 4,000 steps raise the
+    # mean reference PSNR 24.82 -> 25.03 dB with every ceiling >= 0.93 (zoo_v3_ablations.md, section 7; on v2 it cost
+    # the alarm clock 0.05 of ceiling, zoo_v2_ablations.md, section 3)
+    decoder_steps: int = 4000
     decoder_lr: float = 1e-3
     # decoder stage: weight of 1 - cosine of DINO CLS features of reconstruction and image (a perceptual loss that
     # keeps what identifies a subject); 0 turns it off, > 0 needs a DINO ViT (the build's `dino` stage)
