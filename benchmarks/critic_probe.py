@@ -188,7 +188,6 @@ def run(probe: ProbeConfig) -> dict:
         history = []
         while trainer.step < config.max_steps:
             history.append(trainer.train_step())
-            trainer.step += 1
         trained = time.perf_counter() - start
         result = heldout(trainer, probe)
         trainer.run_dir.release()

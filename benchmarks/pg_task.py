@@ -133,15 +133,15 @@ def run_method(config: PGTaskConfig, trainer_settings: PolicyGradientConfig, met
     curve = [{"iteration": 0, "samples": 0, "train_s": 0.0, **heldout()}]
     print(f"{method} start: {curve[0]}", flush=True)
     trained, logs = 0.0, []
-    while trainer.iteration < config.max_iterations and trained < config.minutes * 60:
+    while trainer.step < config.max_iterations and trained < config.minutes * 60:
         start = time.perf_counter()
-        logs.append(trainer.train_iteration())
+        logs.append(trainer.train_step())
         trained += time.perf_counter() - start
-        if trainer.iteration % config.eval_every == 0:
-            curve.append({"iteration": trainer.iteration, "samples": logs[-1]["samples"], "train_s": trained, **heldout()})
+        if trainer.step % config.eval_every == 0:
+            curve.append({"iteration": trainer.step, "samples": logs[-1]["samples"], "train_s": trained, **heldout()})
             print(f"{method} {curve[-1]}", flush=True)
-    if curve[-1]["iteration"] != trainer.iteration:
-        curve.append({"iteration": trainer.iteration, "samples": logs[-1]["samples"], "train_s": trained, **heldout()})
+    if curve[-1]["iteration"] != trainer.step:
+        curve.append({"iteration": trainer.step, "samples": logs[-1]["samples"], "train_s": trained, **heldout()})
     save_grid(torch.cat([shown["base"], shown["end"]]), workdir / f"{method}.png")
     return {"curve": curve, "train_log": logs, "settings": METHOD_SETTINGS[method]}
 

@@ -63,7 +63,7 @@ def main(config: PolicyGradientConfig, args: ExampleArgs) -> dict:
 
     before = heldout()
     print(f"before: {before}", flush=True)
-    model = trainer.train()
+    model = trainer.train().model_dir
     after = heldout()
     summary = {"config": dataclasses.asdict(config), "example": dataclasses.asdict(args), "before": before,
                "after": after, "model": str(model)}

@@ -11,7 +11,8 @@ from diffrl.models import load_sd_components
 from diffrl.objectives.advantages import group_normalized
 from diffrl.objectives.ddpo import DDPOConfig, DDPOLoss
 from diffrl.objectives.grpo import GRPOConfig, GRPOLoss
-from diffrl.training.lock import RunLockedError
+from diffrl.training.lock import RunDirError, RunLockedError
+from diffrl.training.rundir import ConfigMismatchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a sks dog", "a sks dog", "a red cat", "a red cat"]
@@ -164,20 +165,20 @@ def test_pg_trainer_moves_the_unet_and_resumes_exactly(tiny_sd_path, tmp_path, m
     from diffrl.training.policy_gradient import PolicyGradientTrainer
 
     extra = {"grpo": {"kl_weight": 0.1}, "draft": {"draft_k": 2}, "dpg": {"warmup_steps": 1}}.get(method, {})
-    straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", method=method, **extra)).train()
+    straight = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "straight", method=method, **extra)).train().model_dir
     history = read_history(tmp_path / "straight")
-    assert [r["iteration"] for r in history] == [1, 2] and history[-1]["samples"] == 8
+    assert [r["step"] for r in history] == [1, 2] and history[-1]["samples"] == 8
     assert any((tmp_path / "straight" / "logs" / "diffrl").glob("events.out.tfevents.*"))
     first = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", method=method, iterations=1, **extra))
     first.train()
-    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", method=method, resume=True, **extra))
-    assert resumed.iteration == 1
-    final = resumed.train()
+    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", method=method, resume="latest", **extra))
+    assert resumed.step == 1
+    final = resumed.train().model_dir
     base, a, b = unet_weights(tiny_sd_path), unet_weights(straight), unet_weights(final)
     assert any(not torch.equal(base[k], a[k]) for k in base)  # training moved the U-Net
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    assert [r["iteration"] for r in read_history(tmp_path / "resumed")] == [1, 2]
+    assert [r["step"] for r in read_history(tmp_path / "resumed")] == [1, 2]
 
 
 def test_pg_trainer_dpg_learns_a_critic_of_the_own_samples_and_resumes_it_exactly(tiny_sd_path, tmp_path):
@@ -196,7 +197,7 @@ def test_pg_trainer_dpg_learns_a_critic_of_the_own_samples_and_resumes_it_exactl
     assert [r["lam"] for r in history][0] == 0 and history[-1]["lam"] > 0  # the warm-up, then Q in the actor loss
     assert all(r["loss_critic"] > 0 and r["grad_norm_critic"] > 0 for r in history)
     PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", **{**settings, "iterations": 2})).train()
-    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", resume=True, **settings))
+    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", resume="latest", **settings))
     assert len(resumed.loss.transitions.replay) == len(straight.loss.transitions.replay) - 4  # 2 x 2 states per iteration, restored
     resumed.train()
     for name in ("critic_params", "target_critic_params", "value_network_params"):
@@ -217,11 +218,11 @@ def test_pg_trainer_with_lora_trains_the_adapter_only_resumes_exactly_and_export
     base = {k: v.clone() for k, v in straight.components.unet.named_parameters() if "lora" not in k}
     assert straight.updater.params["actor"] and all("lora" in name for name, p in straight.components.unet.named_parameters()
                                    if p.requires_grad)
-    model = straight.train()
+    model = straight.train().model_dir
     assert all(torch.equal(base[k], p) for k, p in straight.components.unet.named_parameters() if k in base)
     PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", lora_rank=2, lr=1e-2, iterations=1)).train()
-    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", lora_rank=2, lr=1e-2, resume=True))
-    a, b = (load_file(folder / "pytorch_lora_weights.safetensors") for folder in (model, resumed.train()))
+    resumed = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "resumed", lora_rank=2, lr=1e-2, resume="latest"))
+    a, b = (load_file(folder / "pytorch_lora_weights.safetensors") for folder in (model, resumed.train().model_dir))
     assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B moved off 0
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
@@ -280,13 +281,13 @@ def test_pg_trainer_on_two_processes_keeps_one_unet_and_resumes(tiny_sd_path, tm
         assert done.returncode == 0, done.stderr[-3000:]
 
     launch(pg_config(tiny_sd_path, tmp_path, "run", iterations=1))
-    launch(pg_config(tiny_sd_path, tmp_path, "run", iterations=2, resume=True))
+    launch(pg_config(tiny_sd_path, tmp_path, "run", iterations=2, resume="latest"))
     ranks = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
     assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
     base = unet_weights(tiny_sd_path)
     assert any(not torch.equal(base[k], ranks[0][k]) for k in ranks[0])
     history = read_history(tmp_path / "run")
-    assert [r["iteration"] for r in history] == [1, 2] and history[-1]["samples"] == 16  # 2 processes x 2 x 2 x 2
+    assert [r["step"] for r in history] == [1, 2] and history[-1]["samples"] == 16  # 2 processes x 2 x 2 x 2
 
 
 def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
@@ -306,15 +307,38 @@ def test_pg_trainer_bad_input_is_a_clear_error(tiny_sd_path, tmp_path):
     with pytest.raises(FileNotFoundError, match="one prompt per line"):
         PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "x", prompts=str(tmp_path / "missing.txt")))
     PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=1)).train()
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(RunDirError, match="already holds a run .*--resume latest, replace it with --overwrite"):
         PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=1))
-    with pytest.raises(ValueError, match=r"other settings \(\['lr'\]\)"):
-        PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=2, lr=1e-4, resume=True))
+    with pytest.raises(ConfigMismatchError, match=r"\(lr: 0.001 -> 0.0001\).*--allow-changed lr"):
+        PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=2, lr=1e-4, resume="latest"))
+    with pytest.raises(ConfigError, match="allow_changed names unknown setting"):
+        pg_config(tiny_sd_path, tmp_path, "run", allow_changed=("lr_actor",))
     holding = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "busy", iterations=1))  # one writer per folder
     with pytest.raises(RunLockedError, match="is in use by another run"):
         PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "busy", iterations=1))
     holding.train()  # releases the folder
-    PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "busy", iterations=2, resume=True)).train()
+    PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "busy", iterations=2, resume="latest")).train()
+
+
+def test_pg_trainer_run_folder_overwrite_auto_resume_and_allowed_changes(tiny_sd_path, tmp_path):
+    """The prompt trainer takes its folder as personalisation does (`claim_run_dir`): overwrite replaces a run,
+    resume="auto" continues it (or starts an empty folder), an allowed change of lr takes effect on the resume."""
+    from diffrl.training import read_history
+    from diffrl.training.policy_gradient import PolicyGradientTrainer
+
+    fresh = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=1, resume="auto"))
+    assert fresh.step == 0
+    fresh.train()
+    replaced = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=1, overwrite=True))
+    assert replaced.step == 0 and not (tmp_path / "run" / "checkpoints").exists()
+    replaced.train()
+    auto = PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=2, resume="auto", lr=1e-4,
+                                           allow_changed=("lr",)))
+    assert auto.step == 1 and auto.updater.optimizer.param_groups[0]["lr"] == 1e-4  # not the checkpoint's 1e-3
+    auto.train()
+    assert [r["step"] for r in read_history(tmp_path / "run")] == [1, 2]
+    with pytest.raises(RunDirError, match="beyond iterations=1; resume with --iterations 2 or more"):
+        PolicyGradientTrainer(pg_config(tiny_sd_path, tmp_path, "run", iterations=1, resume="latest"))
 
 
 def test_diffrl_train_command(tiny_sd_path, tmp_path):

@@ -417,7 +417,7 @@ def test_nonfinite_loss_raises_or_skips(tiny_sd_path: Path, instance_dir: Path, 
         train(config(tiny_sd_path, instance_dir, tmp_path / "raise", max_steps=3), loss_factory=nan_at_step(2))
     trainer = Trainer(config(tiny_sd_path, instance_dir, tmp_path / "skip", max_steps=2, nonfinite="skip"), nan_at_step(2))
     trainer.train_step()
-    trainer.step = 1
+    assert trainer.step == 1
     before = unet_hash(trainer.components.unet)
     with pytest.warns(RuntimeWarning, match="Non-finite loss at step 2: loss_actor=nan.*Skipping"):
         logs = trainer.train_step()

@@ -107,7 +107,7 @@ def toy_build(tmp_path) -> ZooBuildConfig:
         weights=tmp_path / "weights", cache=tmp_path / "cache", subjects=tmp_path / "subjects", world_scenes=48,
         clip=CLIPTrainConfig(hidden=32, layers=1, heads=2, projection_dim=16, steps=2, batch=8, vision_patch=16,
                              vision_steps=2, recon_images=8, subject_scenes=6, selector_rate=0.3, context_dropout=0.2),
-        vae=VAETrainConfig(channels=(8, 8, 8, 8), steps=2, batch=4),  # no decoder stage, as the build's default
+        vae=VAETrainConfig(channels=(8, 8, 8, 8), steps=2, batch=4, decoder_steps=2),  # with the decoder stage
         unet=UNetTrainConfig(channels=(32, 32, 32), steps=2, batch=4, selector_rate=0.3, context_dropout=0.2),
         dino=DINOTrainConfig(embed_dim=24, depth=1, heads=2, out_dim=32, steps=2, batch=4, pool_scenes=6, seed=0,
                              recolour=0.5),
@@ -158,8 +158,8 @@ def test_every_stage_runs_at_toy_size_and_the_outputs_load_like_the_real_models(
     card_lines = (cfg.weights / "README.md").read_text().splitlines()
     assert any(line.startswith("| guide_dog | ") for line in card_lines)  # the personalisation table's row
     assert recommended_finetuning(cfg.weights / "sd") == {"lr_actor": UNetTrainConfig().finetune_lr}
-    assert "no decoder-only stage 2" in "\n".join(card_lines)
-    assert json.loads(cfg.record_path("vae_decoder").read_text())["vae_decoder"]["final_l1"] is None
+    assert "decoder-only stage 2: L1" in "\n".join(card_lines)
+    assert json.loads(cfg.record_path("vae_decoder").read_text())["vae_decoder"]["steps"] == 2
     assert "clip_class_acc_identifier" in json.loads((cfg.weights / "build_record.json").read_text())["eval"][
         "prompt_following"]
     assert any(line.startswith("- DreamBooth (library defaults) mean DINO:") for line in card_lines)

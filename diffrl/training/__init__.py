@@ -1,4 +1,5 @@
-"""Personalization training: dataclass configs, data, the Accelerate trainer, atomic checkpoints and run folders.
+"""Training: dataclass configs, data, the training loop and its two trainers (personalisation, a reward over
+prompts), atomic checkpoints and run folders.
 
 Names are imported lazily so that ``diffrl.training.checkpoint`` and ``diffrl --help`` stay light.
 """
@@ -16,11 +17,12 @@ _EXPORTS = {
     "export": ("save_model",),
     "history": ("read_history",),
     "lock": ("RunDirError", "RunLockedError"),
+    "loop": ("TrainResult", "TrainingLoop"),
     "methods": ("METHODS", "Method", "get_method", "register_method"),
     "policy_gradient": ("PolicyGradientConfig", "PolicyGradientTrainer", "read_prompts"),
     "progress": ("Progress", "progress_curve"),
     "rundir": ("ConfigMismatchError",),
-    "trainer": ("TrainResult", "Trainer", "train"),
+    "trainer": ("Trainer", "train"),
     "updates": ("LossUpdater", "NonFiniteLossError"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from diffrl.models.loading import recommended_finetuning
 from diffrl.objectives.dpg import ACTOR_READS, CRITIC_FORMS, EXPLORATION_SPACES, DPGConfig
@@ -157,6 +157,14 @@ class TrainConfig:
     overwrite: bool = False
     allow_changed: tuple[str, ...] = ()
 
+    STEPS_FIELD: ClassVar[str] = "max_steps"
+    """The field that says how far the run goes (a resume may raise it)."""
+    # Changing these between a checkpoint and its resume does not change what is trained (how far, how often it is
+    # saved, logged or sampled, where the folder is, and how this invocation treats it); every other field does.
+    HARMLESS_CHANGES: ClassVar[frozenset[str]] = frozenset(
+        {"max_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "report_to",
+         "output_dir", "resume", "overwrite", "allow_changed"})
+
     def __post_init__(self) -> None:
         self.rewards = {str(k): float(v) for k, v in dict(self.rewards).items()}
         self._check_numbers()
@@ -229,14 +237,7 @@ class TrainConfig:
                 raise ConfigError(f"rewards[{name!r}] (a reward weight) must be a finite number >= 0, got {weight!r}.")
 
     def _check_run_control(self) -> None:
-        """resume, overwrite and allow_changed make sense together (see `diffrl.training.rundir`)."""
-        self.allow_changed = tuple(self.allow_changed)
-        unknown = sorted(set(self.allow_changed) - {item.name for item in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"allow_changed names unknown setting(s) {unknown}; use TrainConfig field names such as "
-                              "'lr_actor' (CLI: --allow-changed lr_actor).")
-        if self.overwrite and self.resume:
-            raise ConfigError(f"overwrite and resume={self.resume!r} exclude each other (overwrite starts over).")
+        check_run_control(self, example="lr_actor")
 
     def dpg_config(self, prior_weight: float, bootstrap: bool = True) -> DPGConfig:
         """The `DPGConfig` of this run (methods "dpg" and, with ``bootstrap=False``, "one_step")."""
@@ -277,11 +278,28 @@ class TrainConfig:
         return Path(self.class_dir) if self.class_dir else Path(self.output_dir) / "class_images"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return config_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         return cls(**json.loads(text))
+
+
+def config_json(config: Any) -> str:
+    """A config dataclass as the JSON that checkpoints and exported models record."""
+    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+
+
+def check_run_control(config: Any, example: str) -> None:
+    """A run config's ``resume``, ``overwrite`` and ``allow_changed`` make sense together (`diffrl.training.rundir`);
+    ``allow_changed`` becomes a tuple of the config's field names (``example``: one for the error message)."""
+    config.allow_changed = tuple(config.allow_changed)
+    unknown = sorted(set(config.allow_changed) - {item.name for item in dataclasses.fields(config)})
+    if unknown:
+        raise ConfigError(f"allow_changed names unknown setting(s) {unknown}; use {type(config).__name__} field names "
+                          f"such as {example!r} (CLI: --allow-changed {example}).")
+    if config.overwrite and config.resume:
+        raise ConfigError(f"overwrite and resume={config.resume!r} exclude each other (overwrite starts over).")
 
 
 def check_report_to(report_to: str) -> None:

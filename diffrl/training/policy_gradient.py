@@ -10,22 +10,22 @@ collects the same P x G trajectories and takes ``inner_epochs`` steps of `DPGLos
 noises the P x G samples afresh (the states of the policy's own marginal at a random t), the critic learns the reward
 of the look-forward image decode(x0_hat(s, a)) from explored actions (the same black box, scored per step), and the
 U-Net maximises lambda Q(s, mu(s)) plus the eps-MSE on its own samples (which anchors it to its current
-distribution, as the reference images anchor DreamBooth); ``critic_updates - 1`` critic-only updates follow. The
-run folder holds ``history.jsonl`` (one record per iteration; the same scalars go to the Accelerate trackers,
-``report_to``: TensorBoard under ``logs/diffrl``),
-``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer,
-collector and generators: a resumed run is bit-identical to an uninterrupted one) and ``model/`` (a diffusers folder).
+distribution, as the reference images anchor DreamBooth); ``critic_updates - 1`` critic-only updates follow.
+
+`PolicyGradientTrainer` is a `diffrl.training.loop.TrainingLoop` (one step = one iteration), so its run folder works
+as personalisation's: ``history.jsonl`` (one record per iteration; the same scalars go to the Accelerate trackers,
+``report_to``: TensorBoard under ``logs/diffrl``), ``checkpoints/ckpt-NNNNNN`` (U-Net, optimizer, collector and
+generators: a resumed run is bit-identical to an uninterrupted one) and ``model/`` (a diffusers folder), one writer
+per folder, ``resume`` ("latest", "auto", a checkpoint) checked against the settings, ``overwrite``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from tensordict import TensorDict
@@ -33,11 +33,8 @@ from torch import Tensor, nn
 
 from diffrl.objectives.dpg import DPGConfig
 from diffrl.training.acceleration import (
-    finish_trackers,
     make_accelerator,
     mean_over_processes,
-    per_process,
-    start_trackers,
 )
 from diffrl.training.config import (
     MIXED_PRECISION,
@@ -45,10 +42,11 @@ from diffrl.training.config import (
     ConfigError,
     TrainConfig,
     check_report_to,
+    check_run_control,
 )
-from diffrl.training.lock import RunLock
+from diffrl.training.loop import TrainingLoop
 from diffrl.training.rng import find_generators
-from diffrl.training.rundir import RunDir, releases_run_dir
+from diffrl.training.rundir import releases_run_dir
 from diffrl.training.updates import LossUpdater, average_logs
 
 if TYPE_CHECKING:
@@ -240,7 +238,10 @@ class PolicyGradientConfig:
     report_to: the Accelerate trackers of the per-iteration scalars (`diffrl.training.config.TRACKERS`).
     checkpoint_every: iterations between checkpoints (and one at the end).
     keep_checkpoints: how many checkpoints to keep.
-    resume: continue from the folder's latest checkpoint (else the folder must not hold a run yet).
+    resume: "latest" or a checkpoint directory to continue from; "auto": "latest" if there is a checkpoint, else a
+        fresh start (`diffrl.training.rundir` says what a resume checks).
+    overwrite: replace the run already in `output_dir` (without it, such a folder is refused).
+    allow_changed: fields that may differ from the resumed checkpoint's configuration.
     """
 
     pretrained: str
@@ -270,7 +271,16 @@ class PolicyGradientConfig:
     keep_checkpoints: int = 2
     mixed_precision: str = "no"
     report_to: str = "tensorboard"
-    resume: bool = False
+    resume: str | None = None
+    overwrite: bool = False
+    allow_changed: tuple[str, ...] = ()
+
+    STEPS_FIELD: ClassVar[str] = "iterations"
+    """The field that says how far the run goes (a resume may raise it)."""
+    HARMLESS_CHANGES: ClassVar[frozenset[str]] = frozenset(
+        {"iterations", "checkpoint_every", "keep_checkpoints", "report_to", "output_dir", "resume", "overwrite",
+         "allow_changed"})
+    """Fields a resume may change: they do not change what is trained."""
 
     def __post_init__(self) -> None:
         if self.method not in PG_METHODS:
@@ -310,6 +320,7 @@ class PolicyGradientConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
         check_report_to(self.report_to)
+        check_run_control(self, example="lr")
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -331,13 +342,16 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-class PolicyGradientTrainer:
-    """DDPO / GRPO (see the module docstring); ``train()`` runs to ``config.iterations``.
+class PolicyGradientTrainer(TrainingLoop):
+    """DDPO, GRPO, DRaFT-K and DPG over a prompt file (see the module docstring); one step of `TrainingLoop` is one
+    iteration: a collection, then the method's optimizer updates on it.
 
     Under ``accelerate launch`` every process collects its own P x G trajectories (its own seeds) and the loss
     module is wrapped in DDP by `Accelerator.prepare`: the minibatch gradients are averaged over processes, so the
     U-Net stays identical in all of them; the logged scalars are means over processes.
     """
+
+    description = "train"
 
     @releases_run_dir(always=False)
     def __init__(self, config: PolicyGradientConfig) -> None:
@@ -345,24 +359,13 @@ class PolicyGradientTrainer:
         from diffrl.collectors import TrajectoryCollector, TrajectoryCollectorConfig
         from diffrl.envs import DenoisingConfig, DenoisingEnv
         from diffrl.models import load_sd_components
-        from diffrl.training.checkpoint import list_checkpoints
         from diffrl.training.data import derive_seed
 
-        self.config = config
         prompts = read_prompts(config.prompts)
         if len(prompts) < config.prompts_per_batch:
             raise ValueError(f"'{config.prompts}' has {len(prompts)} prompts, fewer than prompts_per_batch="
                              f"{config.prompts_per_batch}.")
-        self.accelerator = make_accelerator(config.mixed_precision, config.output_dir, config.report_to)
-        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        self.run_dir = RunDir(Path(config.output_dir), None)  # the lock is the main process's
-        if self.accelerator.is_main_process:  # one writer per folder (`diffrl.training.lock`), held until train ends
-            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-            self.run_dir.lock = RunLock(config.output_dir)
-        existing = list_checkpoints(config.checkpoint_dir) if config.checkpoint_dir.is_dir() else []
-        if existing and not config.resume:
-            raise FileExistsError(f"'{config.output_dir}' already holds a run ({existing[-1].name}): continue it with "
-                                  "resume=True (CLI: --resume) or choose another output_dir.")
+        self.open_run(config, make_accelerator(config.mixed_precision, config.output_dir, config.report_to))
         seed = derive_seed(config.seed, self.rank)  # this process's collection, sampling noise and minibatch order
         torch.manual_seed(config.seed)
         device = self.accelerator.device
@@ -385,13 +388,13 @@ class PolicyGradientTrainer:
                                    {"actor": config.grad_clip, "critic": CRITIC_GRAD_CLIP},
                                    fix_hint="Lower lr (or lr_critic) or check the reward.")
         self.shuffle = torch.Generator().manual_seed(derive_seed(seed, 2))
-        self.iteration = 0
-        if existing:
-            self.load(existing[-1])
+        self.generators = self._generators()
+        self.resume_if_asked()
 
     # ------------------------------------------------------------------ train
-    def train_iteration(self) -> dict[str, float]:
-        """One iteration (see the module docstring); returns its record (means over optimizer steps and processes)."""
+    def iterate(self) -> dict[str, float]:
+        """One iteration (see the module docstring); returns its record (means over optimizer steps and processes):
+        ``samples`` (trajectories collected so far, all processes), ``train_reward`` and the loss's logs."""
         data = PG_METHODS[self.config.method].data
         if data == "prompts":
             self.collector.draw_prompts()
@@ -410,11 +413,8 @@ class PolicyGradientTrainer:
                 for _ in range(self.config.inner_epochs):
                     order = torch.randperm(len(batch), generator=self.shuffle)
                     outs += [self._update(minibatch) for minibatch in batch[order].split(self.config.minibatch)]
-        self.iteration += 1
-        samples = self.iteration * self.config.prompts_per_batch * self.config.samples_per_prompt * self.world
-        record = {"iteration": self.iteration, "samples": samples, "train_reward": train_reward}
-        record.update(average_logs(outs))
-        return record
+        samples = (self.step + 1) * self.config.prompts_per_batch * self.config.samples_per_prompt * self.world
+        return {"samples": samples, "train_reward": train_reward, **average_logs(outs)}
 
     def _final_samples(self, transitions: TensorDict) -> TensorDict:
         """The collection's final samples ``[P * G]``: ``"x0"`` (x_0 of each trajectory) with its prompt's
@@ -431,84 +431,18 @@ class PolicyGradientTrainer:
 
     def _update(self, batch: TensorDict) -> dict[str, float]:
         """One optimizer update (`LossUpdater.update`) of the loss on ``batch``; returns its logs."""
-        return self.updater.update([batch], f"iteration {self.iteration + 1}")
+        return self.updater.update([batch], f"iteration {self.step + 1}")
 
     def _mean(self, value: Tensor) -> float:
         """The mean of a 0-d tensor over processes."""
         return mean_over_processes(self.accelerator, {"value": value.float()})["value"]
 
-    @releases_run_dir(always=True)
-    def train(self) -> Path:
-        """Run to ``config.iterations`` (checkpointing every ``checkpoint_every``); export and return the model. The
-        run folder's lock is released when it returns or raises."""
-        from diffrl.training.history import HistoryLog
-
-        main = self.accelerator.is_main_process
-        Path(self.config.output_dir).mkdir(parents=True, exist_ok=True)
-        history = HistoryLog(self.config.output_dir, start=self.iteration) if main else None
-        start_trackers(self.accelerator, self.config.output_dir, self.iteration, dataclasses.asdict(self.config))
-        try:
-            while self.iteration < self.config.iterations:
-                record = self.train_iteration()
-                if main:
-                    history.append({"step": self.iteration, **record})
-                    print(json.dumps(record), flush=True)
-                self.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "iteration"}, step=self.iteration)
-                if self.iteration % self.config.checkpoint_every == 0 or self.iteration == self.config.iterations:
-                    self.save()
-        finally:
-            finish_trackers(self.accelerator)
-        return self.export()
-
     # ------------------------------------------------------------- checkpoint
-    def save(self) -> Path:
-        from diffrl.training.checkpoint import Checkpoint, loss_module_state, save_checkpoint
-        from diffrl.training.rng import capture_rng
+    def own_state(self) -> dict[str, Any]:
+        return {"collector": self.collector.state_dict()}
 
-        trained = {name: p.detach().clone() for name, p in self.components.unet.named_parameters() if p.requires_grad}
-        own = {"collector": self.collector.state_dict(), "rng": capture_rng(self._generators())}
-        if self.updater.transitions is not None:  # DPG's replay buffer
-            own["collection"] = self.updater.transitions.state_dict()
-        ranks = per_process(self.accelerator, own)
-        loss_state = loss_module_state(self.loss, self.components.unet.parameters())  # DPG: critic and targets
-        checkpoint = Checkpoint(
-            step=self.iteration,
-            tensors={"unet": trained, "loss": loss_state},
-            states={"optimizer": self.updater.optimizer.state_dict(), "ranks": ranks},  # constant lr: no schedule
-            meta={"config": dataclasses.asdict(self.config), "world_size": self.world},
-        )
-        path = self.config.checkpoint_dir / f"ckpt-{self.iteration:06d}"
-        if self.accelerator.is_main_process:
-            path = save_checkpoint(self.config.checkpoint_dir, checkpoint, keep=self.config.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
-        return path
-
-    def load(self, path: Path) -> None:
-        from diffrl.training.checkpoint import load_checkpoint, load_loss_module_state
-        from diffrl.training.rng import restore_rng
-        from diffrl.training.rundir import config_differences
-
-        checkpoint = load_checkpoint(path)
-        if checkpoint.meta.get("world_size", 1) != self.world:
-            raise ValueError(f"Checkpoint '{path}' was written by {checkpoint.meta.get('world_size', 1)} processes; "
-                             f"resume with the same number (got {self.world}).")
-        free = ("resume", "iterations", "report_to")  # may differ on a resume: they do not change the training
-        changed = sorted(set(config_differences(checkpoint.meta["config"], self.config)) - set(free))
-        if changed:
-            raise ValueError(f"Checkpoint '{path}' was written with other settings ({changed}); resume with the same "
-                             "settings (only iterations may grow and report_to change) or start a new output_dir.")
-        params = dict(self.components.unet.named_parameters())
-        with torch.no_grad():
-            for name, value in checkpoint.tensors["unet"].items():
-                params[name].copy_(value)
-        load_loss_module_state(self.loss, checkpoint.tensors.get("loss", {}), path)
-        self.updater.optimizer.load_state_dict(checkpoint.states["optimizer"])
-        own = checkpoint.states["ranks"][self.rank]
-        self.collector.load_state_dict(own["collector"])
-        if self.updater.transitions is not None:
-            self.updater.transitions.load_state_dict(own["collection"])
-        restore_rng(own["rng"], self._generators())
-        self.iteration = checkpoint.step
+    def load_own_state(self, state: dict[str, Any]) -> None:
+        self.collector.load_state_dict(state["collector"])
 
     def _generators(self) -> dict[str, torch.Generator]:
         """Every generator the run draws from: the collector env's, the minibatch order's and the loss's own (DPG's
@@ -517,21 +451,3 @@ class PolicyGradientTrainer:
         known = {id(gen) for gen in generators.values()}
         generators.update({f"loss.{name}": gen for name, gen in find_generators(self.loss).items() if id(gen) not in known})
         return generators
-
-    def export(self) -> Path:
-        """The fine-tuned pipeline in ``model/`` (`StableDiffusionPipeline.from_pretrained`), or with ``lora_rank``
-        its LoRA weights (``pipe.load_lora_weights``), written atomically."""
-        from diffrl.training.checkpoint import replace_dir_atomically
-        from diffrl.training.export import save_lora_weights
-
-        def write(folder: Path) -> None:
-            if self.config.lora_rank > 0:
-                save_lora_weights(self.components, folder)
-            else:
-                self.components.pipeline().save_pretrained(folder, safe_serialization=True)
-            (folder / "training_config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
-
-        if self.accelerator.is_main_process:
-            replace_dir_atomically(self.config.model_dir, write)
-        self.accelerator.wait_for_everyone()
-        return self.config.model_dir

@@ -1,6 +1,9 @@
 """Taking a run folder: one writer, no silent overwrite, and a resume that checks what it resumes.
 
-`claim_run_dir`, called by the `Trainer` before it loads any model, on the main process:
+`claim_run_dir`, called by a trainer before it loads any model, on the main process (``config``: a `TrainConfig` or
+a `PolicyGradientConfig`, any dataclass with the run-control fields ``output_dir``, ``resume``, ``overwrite``,
+``allow_changed``, the properties ``checkpoint_dir`` and ``model_dir``, and the class attributes ``STEPS_FIELD`` and
+``HARMLESS_CHANGES``):
 
 1. refuses an ``output_dir`` that is a file, then takes the folder's lock (`diffrl.training.lock.RunLock`);
 2. repairs what killed writers left (partial checkpoints and exports, temporary files): only now, under the lock, can
@@ -8,7 +11,7 @@
 3. decides where the run starts. Without ``resume``, a folder that already holds a run (`RUN_ENTRIES`) is refused
    unless ``overwrite``, which deletes that run first. ``resume="auto"`` resumes when there is a checkpoint and starts
    fresh otherwise; ``"latest"`` or a checkpoint path resume from that checkpoint, whose recorded configuration must
-   match this run's in every field that changes the result (all `TrainConfig` fields but `HARMLESS_CHANGES` and
+   match this run's in every field that changes the result (all fields but the config's ``HARMLESS_CHANGES`` and
    those named in ``allow_changed``);
 4. trims the run's history log (`diffrl.training.history`) to the step it starts from.
 
@@ -34,19 +37,15 @@ from diffrl.training.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
-from diffrl.training.config import TrainConfig
 from diffrl.training.history import HISTORY_FILE, HistoryLog
 from diffrl.training.lock import RunDirError, RunLock
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-# Changing these between a checkpoint and its resume does not change what is trained (how far, how often it is
-# saved, logged or sampled, where the folder is, and how this invocation treats it); every other field does.
-HARMLESS_CHANGES = frozenset(
-    {"max_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "report_to",
-     "output_dir", "resume", "overwrite", "allow_changed"}
-)
+RunConfig = Any
+"""A run's config dataclass (`TrainConfig`, `PolicyGradientConfig`): see the module docstring for what it has."""
+
 RUN_ENTRIES = ("checkpoints", "model", "logs", HISTORY_FILE)  # what a started or finished run leaves in its folder
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class RunDir:
             self.lock.release()
 
 
-def claim_run_dir(config: TrainConfig, accelerator: Accelerator) -> RunDir:
+def claim_run_dir(config: RunConfig, accelerator: Accelerator) -> RunDir:
     """`open_run_dir` on the main process; every other process gets its decision or raises its error."""
     world = accelerator.num_processes
     if world == 1:
@@ -98,7 +97,7 @@ def claim_run_dir(config: TrainConfig, accelerator: Accelerator) -> RunDir:
     return run or RunDir(Path(config.output_dir), decision[0])
 
 
-def open_run_dir(config: TrainConfig, world_size: int) -> RunDir:
+def open_run_dir(config: RunConfig, world_size: int) -> RunDir:
     """Take ``config.output_dir`` for a run of `world_size` processes (steps 1-4 of the module docstring)."""
     folder = Path(config.output_dir)
     if folder.exists() and not folder.is_dir():
@@ -117,7 +116,7 @@ def open_run_dir(config: TrainConfig, world_size: int) -> RunDir:
         raise
 
 
-def _clean_interrupted(config: TrainConfig) -> list[str]:
+def _clean_interrupted(config: RunConfig) -> list[str]:
     done = clean_interrupted_writes(config.checkpoint_dir) + clean_interrupted_replace(config.model_dir)
     for leftover in atomic_write_leftovers(Path(config.output_dir) / HISTORY_FILE):
         remove_path(leftover)
@@ -125,7 +124,7 @@ def _clean_interrupted(config: TrainConfig) -> list[str]:
     return done
 
 
-def _starting_point(config: TrainConfig, world_size: int) -> Path | None:
+def _starting_point(config: RunConfig, world_size: int) -> Path | None:
     """The checkpoint to resume from (checked against `config`), or None to start at step 0 in an emptied folder."""
     folder = Path(config.output_dir)
     started = [name for name in RUN_ENTRIES if (folder / name).exists()]
@@ -160,17 +159,18 @@ def _meta(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / "meta.json").read_text())
 
 
-def check_resumable(path: Path, meta: Mapping[str, Any], config: TrainConfig, world_size: int) -> None:
+def check_resumable(path: Path, meta: Mapping[str, Any], config: RunConfig, world_size: int) -> None:
     """Raise unless a run of `config` on `world_size` processes may continue the checkpoint `path` (`meta`)."""
     if meta.get("world_size") != world_size:
         raise RunDirError(f"Checkpoint '{path}' was written by {meta.get('world_size')} processes; resume it with "
                           f"the same number (this run has {world_size}).")
-    if meta["step"] > config.max_steps:
-        raise RunDirError(f"Checkpoint '{path}' is at step {meta['step']}, beyond max_steps={config.max_steps}; "
-                          f"resume with --max-steps {meta['step']} or more.")
+    steps = config.STEPS_FIELD
+    if meta["step"] > getattr(config, steps):
+        raise RunDirError(f"Checkpoint '{path}' is at step {meta['step']}, beyond {steps}={getattr(config, steps)}; "
+                          f"resume with --{steps.replace('_', '-')} {meta['step']} or more.")
     stored = meta.get("config", "{}")
     differences = config_differences(json.loads(stored) if isinstance(stored, str) else stored, config)
-    allowed = HARMLESS_CHANGES | set(config.allow_changed)
+    allowed = config.HARMLESS_CHANGES | set(config.allow_changed)
     refused = {name: change for name, change in differences.items() if name not in allowed}
     if refused:
         listing = "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in refused.items())
@@ -180,7 +180,7 @@ def check_resumable(path: Path, meta: Mapping[str, Any], config: TrainConfig, wo
             f"accept the change with --allow-changed {' '.join(refused)}."
         )
     for name, (old, new) in differences.items():
-        if name not in HARMLESS_CHANGES:
+        if name not in config.HARMLESS_CHANGES:
             logger.warning("Resuming '%s' with %s changed from %r to %r (allowed).", path, name, old, new)
 
 
