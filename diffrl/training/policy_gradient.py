@@ -351,8 +351,6 @@ class PolicyGradientTrainer(TrainingLoop):
     U-Net stays identical in all of them; the logged scalars are means over processes.
     """
 
-    description = "train"
-
     @releases_run_dir(always=False)
     def __init__(self, config: PolicyGradientConfig) -> None:
         from diffrl.agents import UNetActor
