@@ -86,7 +86,7 @@ def test_paired_differences_match_a_hand_computation(paper_table, tmp_path: Path
 def trained_config(run: Path) -> dict:
     """The `TrainConfig` a benchmark run trained with, read from its last checkpoint."""
     (meta,) = sorted(run.glob("checkpoints/ckpt-*/meta.json"))[-1:]
-    return json.loads(json.loads(meta.read_text())["config"])
+    return json.loads(meta.read_text())["config"]
 
 
 def test_tiny_run_writes_table_and_reruns_identically(paper_table, tmp_path: Path, restore_torch) -> None:
