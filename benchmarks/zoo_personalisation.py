@@ -7,6 +7,7 @@ shipped zoo or on another zoo folder, with optional `TrainConfig` overrides for 
     python benchmarks/zoo_personalisation.py --json runs/pers/lr1e-4.json --set lr_actor=1e-4 \
         --milestones 100 200 --subjects guide_dog racing_car --prompts-per-subject 8
     python benchmarks/zoo_personalisation.py --json F --weights DIR   # a zoo folder with sd/, dino/, dino_eval/, clip/
+    python benchmarks/zoo_personalisation.py --json F --weights zoo_build/weights --subjects-root zoo_build/subjects
 
 Runs and DreamBench reports go to ``--out`` (default: beside the JSON file).
 """
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 
 from diffrl.io import atomic_write_text  # noqa: E402
 from diffrl.training import TrainConfig  # noqa: E402
-from diffrl.zoo.registry import WEIGHTS_ROOT, zoo_paths  # noqa: E402
+from diffrl.zoo.registry import SUBJECTS_ROOT, WEIGHTS_ROOT, zoo_paths  # noqa: E402
 from diffrl.zoo.training.personalisation import (  # noqa: E402
     PersonalisationConfig,
     default_evaluation,
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Perso
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="TrainConfig overrides")
     parser.add_argument("--milestones", nargs="*", type=int, default=[], help="also score at these steps")
     parser.add_argument("--subjects", nargs="*", help="default: all bundled subjects")
+    parser.add_argument("--subjects-root", type=Path, default=SUBJECTS_ROOT,
+                        help="folder of the bundled subjects, DreamBench layout (default: shipped)")
     parser.add_argument("--prompts-per-subject", type=int, help="default: all 25")
     parser.add_argument("--images-per-prompt", type=int, default=default_evaluation().images_per_prompt)
     parser.add_argument("--guidance", type=float, default=default_evaluation().guidance_scale)
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("diffrl.zoo.build").setLevel(logging.INFO)
     start = time.perf_counter()
     out = args.out or args.json.with_suffix("")
-    record = measure_personalisation(zoo_paths(args.weights), out, cfg)
+    record = measure_personalisation(zoo_paths(args.weights, args.subjects_root), out, cfg)
     record["wall_s"] = round(time.perf_counter() - start, 1)
     record["weights"] = str(args.weights)
     atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
