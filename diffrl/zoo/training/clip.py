@@ -34,7 +34,9 @@ class CLIPTrainConfig:
     lr: float = 1e-3
     train_text_len: int = 16  # captions are short: train on the first 16 positions (77 at inference)
     vision_patch: int = 8  # second stage: a fresh, finer vision tower against the frozen text tower (= SD's)
-    vision_steps: int = 1500
+    # v3 (21 contexts, subject scenes): 1,500 steps classified real renders at 0.68 and base generations at 0.76,
+    # 3,000 steps at 0.71 and 0.81 (zoo_v3_ablations.md, section 8)
+    vision_steps: int = 3000
     vision_lr: float = 1e-3
     recon_images: int = 6000  # stage 2 also sees VAE reconstructions of this many scenes (half of each batch)
     # stage 2 also sees this many scenes of the held-out subjects (see refine_clip_vision): without them the evaluator
