@@ -118,14 +118,14 @@ Prompt following (held-in classes, {pf and rec['eval']['sampler']['n']} prompts 
 non-plain context; DDIM {g('eval', 'sampler', 'steps')} steps, guidance {g('eval', 'sampler', 'guidance')}):
 
 - CLIP zero-shot class of generations = prompt class: **{pf.get('clip_class_acc')}** with the prompt "a <class>",
-  **{pf.get('clip_class_acc_ensemble')}** with prompt ensembling over contexts (target >= 0.70); prompts with the
+  **{pf.get('clip_class_acc_ensemble')}** with prompt ensembling over contexts (target >= 0.80 on the first); prompts with the
   identifier, "a sks <class> <context>", same seeds: **{pf.get('clip_class_acc_identifier')}** (the v1 zoo, without
   identifier words in pretraining, drew the right class for "a sks <class>" 10% of the time)
 - for reference, the same CLIP ("a <class>") on {refs.get('n')} real renders: {refs.get('clip_class_acc_real_renders')},
   on their VAE reconstructions: {refs.get('clip_class_acc_vae_reconstructions')} (context checker on the
   reconstructions: {refs.get('context_acc_vae_reconstructions')})
 - pixel-level context checker (`diffrl.zoo.classify_context`) = prompt context: **{pf.get('context_acc')}**
-  (target >= 0.80)
+  (target >= 0.90)
 - per-class CLIP accuracy: {pf.get('per_class')}
 
 Identity: nearest-neighbour retrieval (DINO CLS, cosine) of held-out subjects rendered in new scenes against
@@ -220,9 +220,10 @@ def _targets(rec: dict, build_time: BuildTime) -> str:
         lines.append(f"- {name}: {value} (target {target}): **{'met' if ok else 'MISSED'}**")
 
     if pf:
-        best = max(pf["clip_class_acc"], pf["clip_class_acc_ensemble"])
-        line("CLIP class accuracy of generations", best, ">= 0.70", best >= 0.7)
-        line("context accuracy of generations", pf["context_acc"], ">= 0.80", pf["context_acc"] >= 0.8)
+        # issue 14's targets (v1's were 0.70 on the better of the two class figures, and 0.80)
+        line('CLIP class accuracy of generations, prompt "a <class>"', pf["clip_class_acc"], ">= 0.80",
+             pf["clip_class_acc"] >= 0.8)
+        line("context accuracy of generations", pf["context_acc"], ">= 0.90", pf["context_acc"] >= 0.9)
     if ident:
         acc, rnd = ident["dino"]["acc"], ident["random_init"]["acc"]
         line("DINO identity retrieval in new contexts (random init)", f"{acc} ({rnd})", ">= 0.90, > random", acc >= 0.9)
