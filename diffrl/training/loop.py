@@ -40,6 +40,7 @@ from diffrl.training.checkpoint import (
     loss_module_state,
     save_checkpoint,
 )
+from diffrl.training.config import config_json
 from diffrl.training.export import save_model
 from diffrl.training.rng import capture_rng, restore_rng
 from diffrl.training.rundir import RunConfig, claim_run_dir, releases_run_dir
@@ -125,7 +126,6 @@ class TrainingLoop:
             while self.step < self.total_steps:
                 logs = self.train_step()
                 logs.update(self.on_step())
-                self.history.append({"step": float(self.step), **logs})
                 self.record(logs)
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith(("loss", "reward", "train_"))},
@@ -142,8 +142,9 @@ class TrainingLoop:
         return TrainResult(step=self.step, history=self.history, model_dir=model_dir, checkpoint=self.last_checkpoint)
 
     def record(self, logs: dict[str, float]) -> None:
-        """Append this step's logs to the history log (main process) and send them to the trackers."""
-        self.run_dir.record({"step": float(self.step), **logs})
+        """Append this step's logs to ``history``, to the history log (main process) and to the trackers."""
+        self.history.append({"step": float(self.step), **logs})
+        self.run_dir.record(self.history[-1])
         if self.step % self.log_every == 0:
             self.accelerator.log({f"train/{key}": value for key, value in logs.items()}, step=self.step)
 
@@ -201,7 +202,7 @@ class TrainingLoop:
                   "ranks": per_process(self.accelerator, own)}
         if self.updater.ema is not None:
             states["ema"] = self.updater.ema.state_dict()
-        meta = {"world_size": self.world, "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
+        meta = {"world_size": self.world, "config": json.loads(config_json(self.config)),
                 **self.checkpoint_meta()}
         return Checkpoint(step=self.step, tensors=tensors, states=states, meta=meta)
 

@@ -168,9 +168,7 @@ class Trainer(TrainingLoop):
         """With ``progress``, score the model before training (a fresh start only)."""
         fresh = self.step == 0 and not read_history(self.config.output_dir)
         if self.progress is not None and fresh and self.accelerator.is_main_process:
-            scores = self.progress.measure(self.components, 0)
-            self.history.append({"step": 0.0, **scores})
-            self.record(scores)
+            self.record(self.progress.measure(self.components, 0))
 
     def on_step(self) -> dict[str, float]:
         """Critic diagnostics every ``diagnose_every`` steps, the progress scores when due, tracker samples every

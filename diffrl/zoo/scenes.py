@@ -129,6 +129,17 @@ def _sky(rng: np.random.Generator, img: np.ndarray, end: int, colour: tuple[int,
     img[:end] = _jitter(rng, colour, 10)
 
 
+def _sky_over_ground(rng: np.random.Generator, s: int, horizon: tuple[float, float], sky: tuple[int, int, int],
+                     ground: tuple[int, int, int], ground_jitter: float) -> tuple[np.ndarray, int]:
+    """A landscape's two bands: ``sky`` above a horizon drawn uniformly in ``horizon`` (fractions of the side),
+    ``ground`` below it. Returns the image and the horizon row."""
+    img = np.empty((s, s, 3), np.float32)
+    row = int(s * rng.uniform(*horizon))
+    _sky(rng, img, row, sky)
+    img[row:] = _jitter(rng, ground, ground_jitter)
+    return img, row
+
+
 def _blobs(rng: np.random.Generator, img: np.ndarray, n: int, rows: tuple[float, float], radius: tuple[float, float],
            colours: list[tuple[int, int, int]]) -> None:
     """Paint ``n`` filled discs with centres in the row band ``rows`` (fractions of the side), one colour each."""
@@ -185,10 +196,7 @@ def purple_rug_forest(rng: np.random.Generator, s: int) -> np.ndarray:
 
 def wheat_field(rng: np.random.Generator, s: int) -> np.ndarray:
     """Light sky over a golden wheat field (lower two thirds) of short vertical stalk strokes."""
-    img = np.empty((s, s, 3), np.float32)
-    horizon = int(s * rng.uniform(0.25, 0.35))
-    _sky(rng, img, horizon, (170, 210, 240))
-    img[horizon:] = _jitter(rng, (215, 170, 70), 10)
+    img, horizon = _sky_over_ground(rng, s, (0.25, 0.35), (170, 210, 240), (215, 170, 70), 10)
     for _ in range(s * 3):
         y, x, h = int(rng.integers(horizon, s)), int(rng.integers(0, s)), int(rng.integers(2, 6))
         img[y: y + h, x] = _jitter(rng, (240, 205, 110), 15)
@@ -233,10 +241,7 @@ def milk(rng: np.random.Generator, s: int) -> np.ndarray:
 
 def sunflowers(rng: np.random.Generator, s: int) -> np.ndarray:
     """Green grass under a blue sky, dotted with sunflowers (yellow petals, brown centres)."""
-    img = np.empty((s, s, 3), np.float32)
-    horizon = int(s * rng.uniform(0.3, 0.38))
-    _sky(rng, img, horizon, (120, 180, 240))
-    img[horizon:] = _jitter(rng, (60, 150, 50), 10)
+    img, horizon = _sky_over_ground(rng, s, (0.3, 0.38), (120, 180, 240), (60, 150, 50), 10)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     for _ in range(14):
         cy, cx, r = rng.uniform(horizon, s), rng.uniform(0, s), rng.uniform(3, 5.5)
@@ -275,10 +280,7 @@ def crowded_sidewalk(rng: np.random.Generator, s: int) -> np.ndarray:
 
 def dirt_road(rng: np.random.Generator, s: int) -> np.ndarray:
     """A light brown dirt road narrowing to the horizon between green verges, under a blue sky."""
-    img = np.empty((s, s, 3), np.float32)
-    horizon = int(s * rng.uniform(0.3, 0.38))
-    _sky(rng, img, horizon, (150, 200, 240))
-    img[horizon:] = _jitter(rng, (95, 150, 60), 8)
+    img, horizon = _sky_over_ground(rng, s, (0.3, 0.38), (150, 200, 240), (95, 150, 60), 8)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     depth = np.clip((yy - horizon) / (s - horizon), 0, 1)
     centre = s * rng.uniform(0.4, 0.6)
