@@ -7,7 +7,7 @@ shipped zoo or on another zoo folder, with optional `TrainConfig` overrides for 
     python benchmarks/zoo_personalisation.py --json runs/pers/lr1e-4.json --set lr_actor=1e-4 \
         --milestones 100 200 --subjects guide_dog racing_car --prompts-per-subject 8
     python benchmarks/zoo_personalisation.py --json F --weights DIR   # a zoo folder with sd/, dino/, dino_eval/, clip/
-    python benchmarks/zoo_personalisation.py --json F --weights build/zoo_weights --subjects-root build/zoo_subjects
+    python benchmarks/zoo_personalisation.py --json F --weights DIR --subjects-root SUBJECTS  # and its own subjects
 
 Runs and DreamBench reports go to ``--out`` (default: beside the JSON file).
 """

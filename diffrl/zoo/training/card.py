@@ -102,8 +102,9 @@ learnable prototype norm collapsed every run to the uniform distribution (loss =
 CLIP stage 2 replaces the vision tower by a fresh one with 8-pixel patches (64 tokens instead of 16) and trains it
 (+ projection, temperature) against the frozen text tower, on scenes with strong blur augmentation and, for half of
 each batch, VAE reconstructions of 6,000 scenes (robustness to decoded samples), so `sd/text_encoder` stays
-identical to the CLIP text tower. VAE stage 2 (off in this build when it ran 0 steps) trains only the decoder, so
-the latent space that the UNet was trained on is unchanged.
+identical to the CLIP text tower. VAE stage 2 trains only the decoder, on stage 1's L1 losses plus a squared error
+(`VAETrainConfig.decoder_mse_weight`: PSNR is a squared-error measure), so the latent space that the UNet was trained
+on is unchanged.
 
 Text encoder and tokenizer of `sd/` are the CLIP text tower (frozen while training the UNet) and its BPE
 tokenizer (vocabulary built on the caption corpus; the identifier `sks` is one token). In CLIP stage 1 and UNet
