@@ -57,3 +57,16 @@ def test_quick_run_writes_a_consistent_table_and_resumes_at_unfinished_methods(p
                     pg_task.trainer_template(lora_rank=2))
     with pytest.raises(SystemExit, match="no finished method yet"):
         pg_task.run(pg_task.PGTaskConfig(out=tmp_path / "empty", finished_only=True, quick=True, threads=1))
+
+
+def test_a_row_may_override_a_shared_setting(pg_task, tmp_path):
+    """``ddpo_lr7e-6`` sets its own lr; ``--lr`` stays a flag for the other rows and both share one folder."""
+    assert "lr" not in pg_task.PER_RUN and "method" in pg_task.PER_RUN
+    config, trainer = pg_task.parse_args(["--lr", "2e-5", "--out", str(tmp_path)])
+    assert trainer.lr == 2e-5
+    result = pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ddpo", "ddpo_lr7e-6"], quick=True, threads=1))
+    rows, runs = result["rows"], result["runs"]
+    assert rows["ddpo"]["lr"] == pg_task.TRAINER_DEFAULTS["lr"] and rows["ddpo_lr7e-6"]["lr"] == 7e-6
+    fixed, tuned = runs["ddpo"]["curve"], runs["ddpo_lr7e-6"]["curve"]
+    assert fixed[0] == tuned[0] and fixed[-1]["heldout_reward"] != tuned[-1]["heldout_reward"]  # same start, lr used
+    assert "| ddpo_lr7e-6 | 7e-06 |" in (tmp_path / "table.md").read_text()
