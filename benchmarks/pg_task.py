@@ -199,8 +199,7 @@ def to_markdown(config: PGTaskConfig, trainer: PolicyGradientConfig, rows: dict)
         f"- budget per method: {config.minutes} min of training or {config.max_iterations} iterations; "
         f"P x G = {trainer.prompts_per_batch} x {trainer.samples_per_prompt}, {trainer.inference_steps} DDIM steps "
         f"(eta {trainer.eta}), guidance {trainer.guidance_scale}, lr {trainer.lr} (unless a row sets its own), "
-        f"clip {trainer.clip_range}, "
-        f"seed {trainer.seed}",
+        f"clip {trainer.clip_range}, seed {trainer.seed}",
         f"- held-out: {config.heldout_images} samples of the odd classes' prompts, fixed seeds; acceptance: reward "
         f"gain >= {TARGET_GAIN:.0%} of |base| and class accuracy >= {TARGET_CLASS_ACCURACY}", "",
         "| method | lr | held-out reward (base -> end) | gain | class accuracy (base -> end) | iterations | samples | "

@@ -62,7 +62,7 @@ def test_quick_run_writes_a_consistent_table_and_resumes_at_unfinished_methods(p
 def test_a_row_may_override_a_shared_setting(pg_task, tmp_path):
     """``ddpo_lr7e-6`` sets its own lr; ``--lr`` stays a flag for the other rows and both share one folder."""
     assert "lr" not in pg_task.PER_RUN and "method" in pg_task.PER_RUN
-    config, trainer = pg_task.parse_args(["--lr", "2e-5", "--out", str(tmp_path)])
+    _, trainer = pg_task.parse_args(["--lr", "2e-5", "--out", str(tmp_path)])
     assert trainer.lr == 2e-5
     result = pg_task.run(pg_task.PGTaskConfig(out=tmp_path, methods=["ddpo", "ddpo_lr7e-6"], quick=True, threads=1))
     rows, runs = result["rows"], result["runs"]
